@@ -1,0 +1,97 @@
+"""sopagent: conversational agents that follow standard operating procedures exactly.
+
+The pipeline: `load_policy` (YAML -> `Policy`), `check_policy` (cross references),
+`compile_policy` (-> a state machine built on transitions), `Agent.respond` (one constrained
+model call per turn at most), and an audit event per turn. `load_agent` does all of it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sopagent._agent import Agent
+from sopagent._compile import CompiledPolicy, compile_policy
+from sopagent._load import load_catalog, load_policy
+from sopagent.audit import AuditSink, JsonLinesSink, MemorySink, StructlogSink
+from sopagent.backends import Backend
+from sopagent.backends._scripted import ScriptedBackend
+from sopagent.decisions import Context, Outcome, decision
+from sopagent.errors import (
+    BackendError,
+    DecisionError,
+    PolicyError,
+    PolicyLoadError,
+    RuntimeFault,
+    SessionError,
+    SopError,
+)
+from sopagent.policy import Catalog, Policy
+from sopagent.session import Session, Turn, Utterance
+
+if TYPE_CHECKING:
+    from sopagent.backends._llamacpp import LlamaCppBackend
+
+__all__ = [
+    "Agent",
+    "AuditSink",
+    "Backend",
+    "BackendError",
+    "Catalog",
+    "CompiledPolicy",
+    "Context",
+    "DecisionError",
+    "JsonLinesSink",
+    "MemorySink",
+    "Outcome",
+    "Policy",
+    "PolicyError",
+    "PolicyLoadError",
+    "RuntimeFault",
+    "ScriptedBackend",
+    "Session",
+    "SessionError",
+    "SopError",
+    "StructlogSink",
+    "Turn",
+    "Utterance",
+    "__version__",
+    "compile_policy",
+    "decision",
+    "embedded",
+    "load_agent",
+    "load_catalog",
+    "load_policy",
+]
+
+__version__ = "0.1.0"
+
+
+def embedded(**options: Any) -> LlamaCppBackend:
+    """Return the embedded offline backend (Gemma 3 270M on llama.cpp), loading it lazily.
+
+    Keyword arguments are passed to `sopagent.backends.llamacpp.from_llamacpp`.
+    """
+    from sopagent.backends.llamacpp import from_llamacpp  # noqa: PLC0415 (heavy, optional)
+
+    return from_llamacpp(**options)
+
+
+def load_agent(
+    path: str | Path,
+    *,
+    backend: Backend | None = None,
+    audit: AuditSink | None = None,
+) -> Agent:
+    """Load, check and compile a policy file and bind it to a backend.
+
+    Args:
+        path: the policy YAML file; its catalog and decision modules are found from it.
+        backend: the model backend; by default the embedded offline model.
+        audit: where audit events go; by default structlog's configured pipeline.
+
+    Raises:
+        PolicyError: the policy, its catalog or its decision modules have errors.
+    """
+    compiled = compile_policy(load_policy(path))
+    return Agent(compiled, backend if backend is not None else embedded(), audit=audit)

@@ -1,0 +1,583 @@
+"""Run step: `Agent.respond` turns one user message into one `Turn`.
+
+A turn is: find slot values in the text, classify the intent (one constrained model call at
+most, none when an example, a forced label or the slot values alone decide it), pick the
+route the state declares for it, fire that transition on the compiled machine, run decision
+functions of the states entered until one waits for input, render the approved responses, and
+write one audit event. Any failure underneath (backend, decision function, rendering) takes
+the policy's error route and leaves the session as it was before the turn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sopagent._compile import CompiledPolicy, CompiledRoute, CompiledState
+from sopagent._slots import Found
+from sopagent.audit import AuditSink, StructlogSink
+from sopagent.backends import (
+    Backend,
+    ChooseRequest,
+    ClassifyRequest,
+    Label,
+    Usage,
+)
+from sopagent.decisions import Context, HistoryItem, Outcome
+from sopagent.errors import BackendError, DecisionError, RuntimeFault, SessionError
+from sopagent.policy import OUT_OF_SCOPE
+from sopagent.session import DecisionRecord, Session, SessionTurn, Turn, Utterance
+
+__all__ = ["Agent"]
+
+_WORD = re.compile(r"[\w']+")
+_FILLER = frozenset(
+    "it its it's is my the a an number order no id code please thanks thank you here this that of "
+    "for s sure ok okay yes".split()
+)
+_MAX_INPUT = 2000
+_MAX_HISTORY = 200
+
+
+class _RouteFault(RuntimeFault):
+    """The procedure could not be followed (render failure, route loop, undeclared move)."""
+
+
+@dataclass
+class _Work:
+    """A turn's scratch copy of the session; committed only if the turn succeeds."""
+
+    state: str
+    slots: dict[str, Any]
+    facts: dict[str, Any]
+    path: list[str] = field(default_factory=list)
+    said: list[tuple[str, ...]] = field(default_factory=list)
+    decisions: list[DecisionRecord] = field(default_factory=list)
+    ended: bool = False
+    steps: int = 0
+    usage: Usage = Usage()
+    session_id: str = ""
+    turn: int = 0
+    history: tuple[HistoryItem, ...] = ()
+
+
+@dataclass
+class _Classified:
+    intent: str | None
+    score: float
+    source: str
+    usage: Usage
+    slots: dict[str, str]
+
+
+class Agent:
+    """A compiled policy bound to a model backend and an audit sink.
+
+    Agents are cheap to share: they hold no per-conversation state. Conversations live in
+    `Session` objects that the caller keeps and passes in.
+
+    Args:
+        compiled: the compiled policy.
+        backend: the model backend.
+        audit: where audit events go; by default structlog's configured pipeline.
+        locale: locale tag reported in audit events.
+    """
+
+    def __init__(
+        self,
+        compiled: CompiledPolicy,
+        backend: Backend,
+        *,
+        audit: AuditSink | None = None,
+    ) -> None:
+        self.compiled = compiled
+        self.backend = backend
+        self.audit: AuditSink = audit if audit is not None else StructlogSink()
+        self._machine = compiled.machine
+        self._personal = {
+            name for name, slot in compiled.policy.slots.items() if slot.personal
+        } | {name for name, fact in compiled.policy.facts.items() if fact.personal}
+
+    @property
+    def policy_hash(self) -> str:
+        """The hash that pins sessions to this exact policy, catalog and decision code."""
+        return self.compiled.hash
+
+    # -- sessions ------------------------------------------------------------------------------
+
+    def new_session(
+        self, *, session_id: str | None = None, facts: Mapping[str, Any] | None = None
+    ) -> Session:
+        """Create a session in the initial state, with facts the host knows up front.
+
+        Raises:
+            ValueError: a fact is not declared by the policy or has the wrong type.
+        """
+        stored: dict[str, Any] = {}
+        for name, value in (facts or {}).items():
+            kind = self.compiled.fact_types.get(name)
+            if kind is None:
+                raise ValueError(f"fact {name!r} is not declared by policy {self.compiled.name!r}")
+            stored[name] = kind.to_json(kind.validate(value))
+        session = Session(
+            policy=self.compiled.name,
+            policy_hash=self.compiled.hash,
+            state=self.compiled.policy.initial,
+            facts=stored,
+        )
+        if session_id is not None:
+            session.id = session_id
+        return session
+
+    def start(self, session: Session) -> Turn:
+        """Enter the initial state: run its decisions and say its opening lines.
+
+        Calling it on a session already started returns an empty turn.
+        """
+        return self._turn(session, None, None)
+
+    def respond(self, session: Session, text: str, *, intent: str | None = None) -> Turn:
+        """Advance ``session`` by one user message and return what happened.
+
+        The session is updated in place only when the turn succeeds; on a backend or decision
+        failure the policy's error response is returned and the session keeps its state.
+
+        Args:
+            session: the conversation, as returned by `new_session` or `Session.from_json`.
+            text: what the user said.
+            intent: a label to use instead of asking the model (replay, tests, buttons).
+
+        Raises:
+            SessionError: the session belongs to another policy or names an unknown state.
+            ValueError: ``intent`` is not an intent of the policy.
+        """
+        if intent is not None and intent != OUT_OF_SCOPE:
+            if intent not in self.compiled.policy.intents:
+                raise ValueError(f"unknown intent {intent!r}")
+        return self._turn(session, text, intent)
+
+    # -- the turn --------------------------------------------------------------------------------
+
+    def _turn(self, session: Session, text: str | None, forced: str | None) -> Turn:
+        started = time.perf_counter()
+        compiled = self.compiled
+        if session.policy_hash != compiled.hash:
+            raise SessionError(
+                f"session {session.id} was started on policy {session.policy}"
+                f" {session.policy_hash}, not {compiled.name} {compiled.hash}"
+            )
+        if session.state not in compiled.states:
+            raise SessionError(f"session {session.id} is in unknown state {session.state!r}")
+        history = tuple(HistoryItem(h.intent, h.state, h.responses) for h in session.history)
+        work = _Work(
+            session.state,
+            dict(session.slots),
+            dict(session.facts),
+            session_id=session.id,
+            turn=session.turns,
+            history=history,
+        )
+        state_before = session.state
+        classified = _Classified(None, 0.0, "none", Usage(), {})
+        found_slots: dict[str, Any] = {}
+        invalid: dict[str, str] = {}
+        accepted = False
+        error: str | None = None
+        usage = Usage()
+        try:
+            if text is None:
+                if not session.started:
+                    self._enter(work, session.state, None, "")
+            elif session.ended:
+                error = "the conversation has ended"
+            else:
+                if not session.started:
+                    self._enter(work, session.state, None, "")
+                text = text[:_MAX_INPUT]
+                state = compiled.states[work.state]
+                found, taken = self._extract(state, text)
+                found_slots = {n: f.value for n, f in found.items() if f.error is None}
+                invalid = {n: f.error for n, f in found.items() if f.error is not None}
+                classified = self._classify(state, text, forced, found_slots, taken)
+                usage = classified.usage
+                for name, raw in classified.slots.items():
+                    if name not in found_slots:
+                        try:
+                            found_slots[name] = compiled.slot_types[name].validate(raw)
+                        except ValueError as exc:
+                            invalid[name] = str(exc)
+                for name, value in found_slots.items():
+                    work.slots[name] = compiled.slot_types[name].to_json(value)
+                accepted = self._route(work, state, classified.intent, found_slots, invalid, text)
+            responses = self._render(work, text or "")
+            usage = usage + work.usage
+        except (BackendError, DecisionError, _RouteFault) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            work = _Work(session.state, dict(session.slots), dict(session.facts))
+            work.path.clear()
+            work.said = [tuple(compiled.policy.global_.error.say)]
+            responses = self._render(work, "")
+            found_slots, invalid, accepted = {}, {}, False
+            if classified.source != "none":
+                classified.source = "error"
+
+        # Commit.
+        if text is not None or not session.started:
+            session.state = work.state
+            session.slots = work.slots
+            session.facts = work.facts
+            session.ended = session.ended or work.ended
+            session.started = True
+        index = session.turns
+        if text is not None:
+            session.turns += 1
+        session.history.append(
+            SessionTurn(
+                user=text,
+                intent=classified.intent,
+                state=session.state,
+                responses=tuple(u.id for u in responses),
+            )
+        )
+        if len(session.history) > _MAX_HISTORY:
+            del session.history[: len(session.history) - _MAX_HISTORY]
+        slot_types = compiled.slot_types
+        turn = Turn(
+            session_id=session.id,
+            index=index,
+            user_text=text,
+            state_before=state_before,
+            state_after=session.state,
+            path=tuple(work.path),
+            intent=classified.intent,
+            score=round(classified.score, 4),
+            intent_source=classified.source,  # type: ignore[arg-type]
+            accepted=accepted,
+            slots={n: slot_types[n].to_json(v) for n, v in found_slots.items()},
+            invalid_slots=invalid,
+            decisions=tuple(work.decisions),
+            responses=responses,
+            model_calls=usage.calls,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cached_tokens=usage.cached_tokens,
+            latency_ms=round((time.perf_counter() - started) * 1000, 3),
+            error=error,
+            ended=session.ended,
+        )
+        self._emit(session, turn, compiled.states[state_before].allowed)
+        return turn
+
+    def _extract(
+        self, state: CompiledState, text: str
+    ) -> tuple[dict[str, Found], list[tuple[int, int]]]:
+        found: dict[str, Found] = {}
+        taken: list[tuple[int, int]] = []
+        # Patterned slots first, so free numbers do not swallow an id.
+        order = sorted(
+            state.collect,
+            key=lambda n: 0 if getattr(self.compiled.slot_types[n].spec, "pattern", None) else 1,
+        )
+        for name in order:
+            hit = self.compiled.slot_types[name].find(text, taken)
+            if hit is not None:
+                found[name] = hit
+                taken.append(hit.span)
+        return found, taken
+
+    def _classify(
+        self,
+        state: CompiledState,
+        text: str,
+        forced: str | None,
+        found: dict[str, Any],
+        taken: list[tuple[int, int]],
+    ) -> _Classified:
+        if forced is not None:
+            return _Classified(forced, 1.0, "forced", Usage(), {})
+        normalized = " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+        example = state.examples.get(normalized)
+        if example is not None:
+            return _Classified(example, 1.0, "example", Usage(), {})
+        enum_needed = {
+            name: tuple(
+                Label(value, value.replace("_", " "))
+                for value in getattr(self.compiled.slot_types[name].spec, "values", ())
+            )
+            for name in state.collect
+            if self.compiled.slot_types[name].needs_model and name not in found
+        }
+        if found and not enum_needed:
+            rest = list(text)
+            for start, end in taken:
+                rest[start:end] = " " * (end - start)
+            words = [w for w in _WORD.findall("".join(rest).lower()) if w not in _FILLER]
+            if not words:
+                return _Classified(None, 1.0, "slots", Usage(), {})
+        if not normalized:
+            return _Classified(OUT_OF_SCOPE, 1.0, "slots", Usage(), {})
+        request = ClassifyRequest(
+            text=text,
+            labels=state.labels,
+            slot_choices=enum_needed,
+            key=state.key,
+            instructions=self.compiled.policy.description,
+        )
+        answer = self.backend.classify(request)
+        if answer.intent not in state.allowed:
+            raise BackendError(
+                f"backend answered {answer.intent!r}, not one of the allowed labels",
+                provider=self.backend.name,
+            )
+        slots: dict[str, str] = {}
+        for name, value in answer.slots.items():
+            allowed = {label.name for label in enum_needed.get(name, ())}
+            if value not in allowed:
+                raise BackendError(
+                    f"backend filled slot {name!r} with {value!r}, not an allowed value",
+                    provider=self.backend.name,
+                )
+            slots[name] = value
+        score = float(answer.score)
+        if not 0.0 <= score <= 1.0:
+            raise BackendError(f"score {score} is not in [0, 1]", provider=self.backend.name)
+        return _Classified(answer.intent, score, "model", answer.usage, slots)
+
+    def _route(
+        self,
+        work: _Work,
+        state: CompiledState,
+        intent: str | None,
+        found: dict[str, Any],
+        invalid: dict[str, str],
+        text: str,
+    ) -> bool:
+        route = state.routes.get(intent) if intent is not None else None
+        accepted = route is not None
+        if route is not None:
+            missing = [s for s in route.require if s not in work.slots]
+            if missing:
+                self._reask(work, missing[0], invalid, state)
+                return accepted
+            self._take(work, state, route, intent, text)
+            return accepted
+        if invalid:
+            self._reask(work, next(iter(invalid)), invalid, state)
+        elif state.filled is not None and all(s in work.slots for s in state.collect):
+            self._take(work, state, state.filled, intent, text)
+        elif found and state.filled is not None:
+            missing = [s for s in state.collect if s not in work.slots]
+            self._reask(work, missing[0], invalid, state)
+        else:
+            self._take(work, state, state.fallback, intent, text)
+        return accepted
+
+    def _reask(self, work: _Work, slot: str, invalid: dict[str, str], state: CompiledState) -> None:
+        spec = self.compiled.policy.slots[slot]
+        response = (spec.invalid or spec.ask) if slot in invalid else spec.ask
+        if response is None:
+            self._take(work, state, state.fallback, None, "")
+        else:
+            work.said.append((response,))
+
+    def _take(
+        self,
+        work: _Work,
+        state: CompiledState,
+        route: CompiledRoute,
+        intent: str | None,
+        text: str,
+    ) -> None:
+        if route.to is not None:
+            self._fire(route.trigger, state.name, route.to)
+        self._say(work, route.say, route.choose, text)
+        if route.to is not None:
+            self._enter(work, route.to, intent, text)
+
+    def _fire(self, trigger: str, source: str, dest: str) -> None:
+        event = self._machine.events.get(trigger)
+        if event is None or source not in event.transitions:
+            raise _RouteFault(f"no declared transition {trigger!r} from {source!r}")
+        cursor = _Cursor(source)
+        event.trigger(cursor)
+        if cursor.state != dest:
+            raise _RouteFault(f"{trigger!r} from {source!r} led to {cursor.state!r}")
+
+    def _say(self, work: _Work, say: tuple[str, ...], choose: tuple[str, ...], text: str) -> None:
+        for response in say:
+            work.said.append((response,))
+        if choose:
+            work.said.append(choose)
+
+    def _enter(self, work: _Work, name: str, intent: str | None, text: str) -> None:
+        states = self.compiled.states
+        while True:
+            work.steps += 1
+            if work.steps > 64:
+                raise _RouteFault("more than 64 states entered in one turn (a routing loop)")
+            work.state = name
+            work.path.append(name)
+            state = states[name]
+            if state.kind == "decide":
+                outcome = self._decide(work, state, intent)
+                route = state.outcomes[outcome]
+                assert route.to is not None
+                self._fire(route.trigger, name, route.to)
+                self._say(work, route.say, route.choose, text)
+                name = route.to
+                continue
+            filled = state.filled
+            if (
+                filled is not None
+                and filled.to is not None
+                and state.collect
+                and all(s in work.slots for s in state.collect)
+            ):
+                self._fire(filled.trigger, name, filled.to)
+                self._say(work, filled.say, filled.choose, text)
+                name = filled.to
+                continue
+            self._say(work, state.say, state.choose, text)
+            if state.kind == "terminal":
+                work.ended = True
+            return
+
+    def _decide(self, work: _Work, state: CompiledState, intent: str | None) -> str:
+        function = state.decide
+        name = state.decide_name or "?"
+        assert function is not None
+        compiled = self.compiled
+        context = Context.build(
+            state=state.name,
+            intent=intent,
+            slots={k: compiled.slot_types[k].from_json(v) for k, v in work.slots.items()},
+            facts={k: compiled.fact_types[k].from_json(v) for k, v in work.facts.items()},
+            history=work.history,
+            session_id=work.session_id,
+            turn=work.turn,
+        )
+        try:
+            result = function(context)
+        except Exception as exc:
+            raise DecisionError(
+                f"{name} raised {type(exc).__name__}: {exc}", function=name
+            ) from exc
+        if isinstance(result, str):
+            result = Outcome(result)
+        if not isinstance(result, Outcome):
+            raise DecisionError(
+                f"{name} returned {type(result).__name__}, not an outcome", function=name
+            )
+        if result.name not in function.__sopagent_outcomes__:
+            raise DecisionError(
+                f"{name} returned undeclared outcome {result.name!r}", function=name
+            )
+        for target, types, kind in (
+            (work.slots, compiled.slot_types, "slot"),
+            (work.facts, compiled.fact_types, "fact"),
+        ):
+            updates = result.slots if kind == "slot" else result.facts
+            for key, value in updates.items():
+                slot_type = types.get(key)
+                if slot_type is None:
+                    raise DecisionError(f"{name} set undeclared {kind} {key!r}", function=name)
+                if value is None:
+                    target.pop(key, None)
+                    continue
+                try:
+                    target[key] = slot_type.to_json(slot_type.validate(value))
+                except ValueError as exc:
+                    raise DecisionError(
+                        f"{name} set {kind} {key!r} to an invalid value: {exc}", function=name
+                    ) from exc
+        work.decisions.append(DecisionRecord(state=state.name, function=name, outcome=result.name))
+        return result.name
+
+    def _render(self, work: _Work, text: str) -> tuple[Utterance, ...]:
+        compiled = self.compiled
+        out: list[Utterance] = []
+        for group in work.said:
+            response = group[0]
+            if len(group) > 1:
+                response = self._choose(work, group, text)
+            template = compiled.templates[response]
+            values: dict[str, str] = {}
+            for name in template.placeholders:
+                if name in work.slots:
+                    kind = compiled.slot_types[name]
+                    values[name] = kind.render(kind.from_json(work.slots[name]))
+                elif name in work.facts:
+                    kind = compiled.fact_types[name]
+                    values[name] = kind.render(kind.from_json(work.facts[name]))
+                else:
+                    raise _RouteFault(f"response {response!r} needs {{{name}}}, which has no value")
+            text_out = template.text.format_map(values) if values else template.text
+            out.append(Utterance(id=response, text=text_out, hash=template.hash))
+        return tuple(out)
+
+    def _choose(self, work: _Work, options: tuple[str, ...], text: str) -> str:
+        templates = self.compiled.templates
+        request = ChooseRequest(
+            text=text,
+            options=tuple(Label(o, templates[o].text) for o in options),
+            key=f"{self.compiled.hash}:choose:{','.join(options)}",
+            instructions=self.compiled.policy.description,
+        )
+        answer = self.backend.choose(request)
+        if answer.response not in options:
+            raise BackendError(
+                f"backend chose {answer.response!r}, not one of {', '.join(options)}",
+                provider=self.backend.name,
+            )
+        work.usage = work.usage + answer.usage
+        return answer.response
+
+    def _emit(self, session: Session, turn: Turn, allowed: frozenset[str]) -> None:
+        slots = {
+            name: _mask(value) if name in self._personal else value
+            for name, value in turn.slots.items()
+        }
+        self.audit.emit(
+            {
+                "policy": self.compiled.name,
+                "policy_hash": self.compiled.hash,
+                "session_id": session.id,
+                "turn": turn.index,
+                "state_before": turn.state_before,
+                "state_after": turn.state_after,
+                "path": list(turn.path),
+                "intent": turn.intent,
+                "score": turn.score,
+                "intent_source": turn.intent_source,
+                "allowed": sorted(allowed),
+                "slots": slots,
+                "invalid_slots": sorted(turn.invalid_slots),
+                "decisions": [f"{d.function}={d.outcome}" for d in turn.decisions],
+                "responses": [u.id for u in turn.responses],
+                "response_hashes": [u.hash for u in turn.responses],
+                "backend": self.backend.name,
+                "model_calls": turn.model_calls,
+                "prompt_tokens": turn.prompt_tokens,
+                "completion_tokens": turn.completion_tokens,
+                "latency_ms": turn.latency_ms,
+                "error": turn.error,
+                "ended": turn.ended,
+            }
+        )
+
+
+def _mask(value: Any) -> str:
+    return "sha256:" + hashlib.sha256(str(value).encode()).hexdigest()[:12]
+
+
+class _Cursor:
+    """The model object transitions moves: it only carries the state name."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, state: str) -> None:
+        self.state = state

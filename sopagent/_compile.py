@@ -1,0 +1,245 @@
+"""Compile step: a checked `Policy` -> a `CompiledPolicy` whose machine is built on transitions.
+
+The machine config is plain data (``states`` and ``transitions`` lists in the form transitions
+takes), built by a pure function so it can be compared against golden files. Everything a turn
+needs at run time (routes, allowed labels, slot types, templates) is resolved here once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from transitions import Machine
+
+from sopagent._check import check_policy, resolve_decisions
+from sopagent._load import load_catalog
+from sopagent._slots import SlotType, compile_slot
+from sopagent.backends import Label
+from sopagent.decisions import DecisionFunction
+from sopagent.errors import PolicyError, Problem
+from sopagent.policy import OUT_OF_SCOPE, Catalog, Policy, Response, Route
+
+__all__ = ["CompiledPolicy", "CompiledRoute", "CompiledState", "compile_policy"]
+
+OUT_OF_SCOPE_LABEL = Label(
+    OUT_OF_SCOPE,
+    "The message matches none of the other intents: off-topic, unclear, or something this"
+    " assistant cannot help with here.",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRoute:
+    """A route with the trigger that names it in the machine."""
+
+    trigger: str
+    to: str | None
+    say: tuple[str, ...]
+    choose: tuple[str, ...]
+    require: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledState:
+    """A state with everything a turn needs resolved."""
+
+    name: str
+    kind: Literal["wait", "decide", "terminal"]
+    say: tuple[str, ...]
+    choose: tuple[str, ...]
+    collect: tuple[str, ...]
+    routes: dict[str, CompiledRoute]
+    filled: CompiledRoute | None
+    fallback: CompiledRoute
+    decide: DecisionFunction | None
+    decide_name: str | None
+    outcomes: dict[str, CompiledRoute]
+    labels: tuple[Label, ...]
+    allowed: frozenset[str]
+    examples: dict[str, str]
+    key: str
+
+
+@dataclass(frozen=True)
+class Template:
+    """A catalog response ready to render."""
+
+    id: str
+    text: str
+    hash: str
+    placeholders: tuple[str, ...]
+
+
+@dataclass
+class CompiledPolicy:
+    """A policy ready to run: its states, slot types, templates and transitions machine."""
+
+    policy: Policy
+    catalog: Catalog
+    hash: str
+    states: dict[str, CompiledState]
+    slot_types: dict[str, SlotType]
+    fact_types: dict[str, SlotType]
+    templates: dict[str, Template]
+    functions: dict[str, DecisionFunction]
+    warnings: tuple[Problem, ...] = ()
+    machine: Machine = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        config = self.machine_config()
+        self.machine = Machine(
+            model=None,
+            states=config["states"],
+            transitions=config["transitions"],
+            initial=config["initial"],
+            auto_transitions=False,
+            ignore_invalid_triggers=False,
+        )
+
+    @property
+    def name(self) -> str:
+        """The policy's name."""
+        return self.policy.name
+
+    def machine_config(self) -> dict[str, Any]:
+        """Return the machine as plain data: ``initial``, ``states`` and ``transitions``."""
+        transitions: list[dict[str, str]] = []
+        for state in self.states.values():
+            routes = [*state.routes.values(), *state.outcomes.values()]
+            routes += [r for r in (state.filled, state.fallback) if r is not None]
+            seen: set[str] = set()
+            for route in routes:
+                if route.to is None or route.trigger in seen:
+                    continue
+                seen.add(route.trigger)
+                transitions.append(
+                    {"trigger": route.trigger, "source": state.name, "dest": route.to}
+                )
+        return {
+            "initial": self.policy.initial,
+            "states": list(self.states),
+            "transitions": transitions,
+        }
+
+
+def _route(trigger: str, route: Route) -> CompiledRoute:
+    return CompiledRoute(
+        trigger, route.to, tuple(route.say), tuple(route.choose), tuple(route.require)
+    )
+
+
+def _normalize(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def _policy_hash(policy: Policy, catalog: Catalog, functions: dict[str, DecisionFunction]) -> str:
+    digest = hashlib.sha256()
+    digest.update(policy.model_dump_json(by_alias=True).encode())
+    digest.update(catalog.model_dump_json().encode())
+    for name in sorted(functions):
+        try:
+            source = inspect.getsource(functions[name])
+        except (OSError, TypeError):
+            source = name
+        digest.update(source.encode())
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def compile_policy(policy: Policy, catalog: Catalog | None = None) -> CompiledPolicy:
+    """Check ``policy`` and compile it into a runnable machine.
+
+    Args:
+        policy: a policy from `load_policy`.
+        catalog: its catalog; by default the file named by ``policy.catalog``.
+
+    Returns:
+        The compiled policy. Warnings found by the check are kept in ``warnings``.
+
+    Raises:
+        PolicyError: the policy has errors; every one is reported with its location.
+    """
+    if catalog is None:
+        base = policy.source.parent if policy.source else Path.cwd()
+        catalog = load_catalog(base / policy.catalog)
+    functions, problems = resolve_decisions(policy)
+    problems += check_policy(policy, catalog, functions)
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        raise PolicyError(errors)
+    policy_hash = _policy_hash(policy, catalog, functions)
+
+    global_routes = {
+        intent: _route(f"intent:{intent}", route) for intent, route in policy.global_.on.items()
+    }
+    fallback = _route("fallback", policy.global_.fallback)
+    states: dict[str, CompiledState] = {}
+    for name, state in policy.states.items():
+        if state.terminal:
+            kind: Literal["wait", "decide", "terminal"] = "terminal"
+        elif state.decide is not None:
+            kind = "decide"
+        else:
+            kind = "wait"
+        routes: dict[str, CompiledRoute] = {}
+        if kind == "wait" and state.globals:
+            routes.update(global_routes)
+        routes.update({i: _route(f"intent:{i}", r) for i, r in state.on.items()})
+        collect = list(state.collect)
+        for route in routes.values():
+            collect += [s for s in route.require if s not in collect]
+        intents = [i for i in policy.intents if i in routes]
+        labels = tuple(
+            Label(i, policy.intents[i].description, tuple(policy.intents[i].examples))
+            for i in intents
+        ) + (OUT_OF_SCOPE_LABEL,)
+        examples = {
+            _normalize(example): intent
+            for intent in intents
+            for example in policy.intents[intent].examples
+        }
+        states[name] = CompiledState(
+            name=name,
+            kind=kind,
+            say=tuple(state.say),
+            choose=tuple(state.choose),
+            collect=tuple(collect),
+            routes=routes,
+            filled=_route("filled", state.filled) if state.filled else None,
+            fallback=_route("fallback", state.fallback) if state.fallback else fallback,
+            decide=functions.get(state.decide) if state.decide else None,
+            decide_name=state.decide,
+            outcomes={o: _route(f"outcome:{o}", r) for o, r in state.outcomes.items()},
+            labels=labels if kind == "wait" else (),
+            allowed=frozenset(label.name for label in labels) if kind == "wait" else frozenset(),
+            examples=examples,
+            key=f"{policy_hash}:{','.join(label.name for label in labels)}",
+        )
+    templates = {
+        rid: _template(rid, response) for rid, response in catalog.responses.items()
+    }
+    return CompiledPolicy(
+        policy=policy,
+        catalog=catalog,
+        hash=policy_hash,
+        states=states,
+        slot_types={n: compile_slot(n, s) for n, s in policy.slots.items()},
+        fact_types={n: compile_slot(n, s) for n, s in policy.facts.items()},
+        templates=templates,
+        functions=functions,
+        warnings=tuple(p for p in problems if p.severity != "error"),
+    )
+
+
+def _template(rid: str, response: Response) -> Template:
+    return Template(rid, response.text, response.hash, response.placeholders)
+
+
+def machine_config_json(compiled: CompiledPolicy) -> str:
+    """Return the machine config as stable, indented JSON (for golden files)."""
+    return json.dumps(compiled.machine_config(), indent=2, sort_keys=True) + "\n"

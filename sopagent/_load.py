@@ -1,0 +1,125 @@
+"""Load step: YAML files -> validated `Policy` and `Catalog`, every problem with its location."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from sopagent._yaml import Document, read_yaml
+from sopagent.errors import Location, PolicyLoadError, Problem
+from sopagent.policy import Catalog, Policy
+
+__all__ = ["load_catalog", "load_policy", "validation_problems"]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _field_names() -> set[str]:
+    from sopagent import policy as fmt  # noqa: PLC0415 (the module defines the vocabulary)
+
+    names: set[str] = set()
+    for value in vars(fmt).values():
+        if isinstance(value, type) and issubclass(value, BaseModel):
+            for name, info in value.model_fields.items():
+                names.add(info.alias or name)
+    return names
+
+
+_VOCABULARY: set[str] = set()
+
+
+def _walk(data: Any, loc: tuple[str | int, ...]) -> tuple[tuple[str | int, ...], bool]:
+    """Follow a pydantic error location through the data, skipping union tags.
+
+    Returns the path inside the document and whether the last element was a missing key.
+    """
+    path: list[str | int] = []
+    current = data
+    for index, element in enumerate(loc):
+        if (isinstance(current, dict) and element in current) or (isinstance(current, list) and isinstance(element, int) and element < len(current)):
+            path.append(element)
+            current = current[element]
+        elif index == len(loc) - 1 and isinstance(current, dict):
+            return tuple(path), True
+    return tuple(path), False
+
+
+def validation_problems(exc: ValidationError, document: Document) -> list[Problem]:
+    """Turn a pydantic validation error into located problems."""
+    if not _VOCABULARY:
+        _VOCABULARY.update(_field_names())
+    problems: list[Problem] = []
+    seen: set[tuple[Location, str]] = set()
+    for error in exc.errors(include_url=False):
+        loc = tuple(error["loc"])
+        path, missing = _walk(document.data, loc)
+        kind = error["type"]
+        if kind == "extra_forbidden":
+            key = str(loc[-1])
+            location = document.locate_key(path)
+            close = difflib.get_close_matches(key, sorted(_VOCABULARY), n=1)
+            problem = Problem(
+                "SOP011",
+                f"unknown key {key!r}",
+                location,
+                hint=f"did you mean {close[0]!r}?" if close else "remove it",
+            )
+        elif kind == "missing":
+            key = str(loc[-1])
+            location = document.locate(path)
+            where = ".".join(str(p) for p in path) or "the document"
+            problem = Problem("SOP012", f"missing required key {key!r} in {where}", location)
+        else:
+            location = document.locate_key(path) if missing else document.locate(path)
+            message = error["msg"].removeprefix("Value error, ")
+            where = ".".join(str(p) for p in path)
+            problem = Problem("SOP010", f"{where}: {message}" if where else message, location)
+        marker = (problem.location, problem.message)
+        if marker not in seen:
+            seen.add(marker)
+            problems.append(problem)
+    return problems
+
+
+def _load(path: str | Path, model: type[M], kind: str) -> tuple[M, Document]:
+    document = read_yaml(path)
+    if not isinstance(document.data, dict):
+        raise PolicyLoadError(
+            [Problem("SOP010", f"a {kind} file is a mapping of keys", document.locate(()))]
+        )
+    try:
+        value = model.model_validate(document.data)
+    except ValidationError as exc:
+        raise PolicyLoadError(validation_problems(exc, document)) from exc
+    return value, document
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read and validate a policy YAML file.
+
+    Only the policy's own format is checked here; references to states, intents, responses and
+    decision functions are checked by `check_policy` and `compile_policy`.
+
+    Raises:
+        PolicyLoadError: the file is unreadable, not YAML, or breaks the format; every problem
+            of the file is reported, each at ``file:line:col``.
+    """
+    policy, document = _load(path, Policy, "policy")
+    policy._document = document
+    policy._path = Path(path)
+    return policy
+
+
+def load_catalog(path: str | Path) -> Catalog:
+    """Read and validate an approved response catalog.
+
+    Raises:
+        PolicyLoadError: as for `load_policy`.
+    """
+    catalog, document = _load(path, Catalog, "catalog")
+    catalog._document = document
+    catalog._path = Path(path)
+    return catalog

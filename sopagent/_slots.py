@@ -1,0 +1,281 @@
+"""Typed slot values: find them in text with a grammar, validate them with pydantic, render them.
+
+Patterned types (strings with a regex, numbers, money, dates, booleans) are found by regular
+expressions, which is the grammar the value must obey; enums are found by their names and
+synonyms, and the model is asked only when none is written out.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import unicodedata
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any, Literal
+
+from pydantic import ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
+
+from sopagent.policy import (
+    BooleanSlot,
+    DateSlot,
+    DecimalSlot,
+    EnumSlot,
+    IntegerSlot,
+    MoneySlot,
+    StringSlot,
+)
+
+__all__ = ["SlotType", "clean_text", "compile_slot"]
+
+SlotSpec = StringSlot | EnumSlot | IntegerSlot | DecimalSlot | MoneySlot | BooleanSlot | DateSlot
+
+_NUMBER = re.compile(r"(?<![\w.])-?\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\w])|(?<![\w.])-?\d+(?:\.\d+)?(?![\w])")
+_MONEY = re.compile(
+    r"(?:[$€£]\s?(?P<a>\d[\d,]*(?:\.\d+)?))|(?:(?P<b>\d[\d,]*(?:\.\d+)?)\s?(?:dollars?|usd|euros?|eur|pounds?|gbp|bucks)\b)",
+    re.IGNORECASE,
+)
+_WORD_NUMBERS = {
+    "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
+    "seven": 7, "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12,
+}  # fmt: skip
+_YES = re.compile(
+    r"\b(?:yes|yeah|yep|yup|sure|correct|right|ok(?:ay)?|confirm(?:ed)?|affirmative|please do)\b",
+    re.IGNORECASE,
+)
+_NO = re.compile(r"\b(?:no|nope|nah|not|don't|do not|negative|cancel|never)\b", re.IGNORECASE)
+_ISO_DATE = re.compile(r"\b(\d{4})-(\d{2})-(\d{2})\b")
+_US_DATE = re.compile(r"\b(\d{1,2})/(\d{1,2})/(\d{4})\b")
+_RELATIVE = {"today": 0, "yesterday": -1, "tomorrow": 1}
+_RELATIVE_DATE = re.compile(r"\b(today|yesterday|tomorrow)\b", re.IGNORECASE)
+_CURRENCY_SIGNS = {"USD": "$", "EUR": "€", "GBP": "£"}
+
+# Characters that can change how text displays (bidi overrides, zero-width, controls).
+_UNSAFE_CATEGORIES = {"Cc", "Cf", "Co", "Cs", "Cn"}
+
+
+def clean_text(text: str, limit: int) -> str:
+    """Remove control, format and bidi characters and cap the length of text shown to users."""
+    kept = "".join(
+        ch if unicodedata.category(ch) not in _UNSAFE_CATEGORIES else " "
+        for ch in text[: limit * 2]
+    )
+    return " ".join(kept.split())[:limit]
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """A value found in text: the typed value or why it is invalid, and where it was."""
+
+    value: Any
+    error: str | None
+    span: tuple[int, int]
+
+
+class SlotType:
+    """A compiled slot or fact type."""
+
+    def __init__(self, name: str, spec: SlotSpec) -> None:
+        self.name = name
+        self.spec = spec
+        self.kind = spec.type
+        self.adapter: TypeAdapter[Any] = TypeAdapter(
+            _annotation(spec), config=ConfigDict(regex_engine="python-re")
+        )
+        self.needs_model = isinstance(spec, EnumSlot)
+        self._pattern = (
+            re.compile(spec.pattern) if isinstance(spec, StringSlot) and spec.pattern else None
+        )
+        self._enum_words: list[tuple[re.Pattern[str], str]] = []
+        if isinstance(spec, EnumSlot):
+            for value in spec.values:
+                words = [value, value.replace("_", " "), *spec.synonyms.get(value, [])]
+                for word in words:
+                    self._enum_words.append(
+                        (re.compile(rf"\b{re.escape(word)}\b", re.IGNORECASE), value)
+                    )
+
+    # -- validation and storage --------------------------------------------------------------
+
+    def validate(self, raw: Any) -> Any:
+        """Return the typed value of ``raw``.
+
+        Raises:
+            ValueError: the value breaks the slot's type or bounds.
+        """
+        if isinstance(self.spec, StringSlot) and isinstance(raw, str):
+            raw = _normalize(raw, self.spec.normalize)
+        try:
+            return self.adapter.validate_python(raw)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            raise ValueError(first["msg"]) from None
+
+    def to_json(self, value: Any) -> Any:
+        """Return the JSON form stored in sessions."""
+        if isinstance(value, Decimal):
+            return str(value)
+        if isinstance(value, dt.date):
+            return value.isoformat()
+        return value
+
+    def from_json(self, value: Any) -> Any:
+        """Return the typed value of a stored JSON value."""
+        if self.kind in ("money", "decimal"):
+            return Decimal(value)
+        if self.kind == "date":
+            return dt.date.fromisoformat(value)
+        return value
+
+    def render(self, value: Any) -> str:
+        """Return the text shown to users for a typed value."""
+        spec = self.spec
+        if isinstance(spec, MoneySlot):
+            sign = _CURRENCY_SIGNS.get(spec.currency)
+            amount = f"{Decimal(value):,.2f}"
+            return f"{sign}{amount}" if sign else f"{amount} {spec.currency}"
+        if isinstance(spec, DecimalSlot):
+            return f"{Decimal(value):,.{spec.places}f}"
+        if isinstance(spec, BooleanSlot):
+            return "yes" if value else "no"
+        if isinstance(spec, EnumSlot):
+            return str(value).replace("_", " ")
+        if isinstance(spec, StringSlot):
+            return clean_text(str(value), spec.max_length)
+        return str(value)
+
+    # -- extraction ----------------------------------------------------------------------------
+
+    def find(self, text: str, taken: list[tuple[int, int]]) -> Found | None:
+        """Find a value of this type in ``text`` outside the ``taken`` spans."""
+        for raw, span in self._candidates(text):
+            if any(span[0] < end and start < span[1] for start, end in taken):
+                continue
+            try:
+                return Found(self.validate(raw), None, span)
+            except ValueError as exc:
+                return Found(raw, str(exc), span)
+        return None
+
+    def _candidates(self, text: str) -> list[tuple[Any, tuple[int, int]]]:
+        spec = self.spec
+        if isinstance(spec, StringSlot):
+            if self._pattern is None:
+                return []
+            out: list[tuple[Any, tuple[int, int]]] = []
+            for match in self._pattern.finditer(text):
+                group = 1 if self._pattern.groups else 0
+                out.append((match.group(group), match.span(group)))
+            return out
+        if isinstance(spec, EnumSlot):
+            hits = {}
+            for pattern, value in self._enum_words:
+                match = pattern.search(text)
+                if match and value not in hits:
+                    hits[value] = match.span()
+            if len(hits) == 1:
+                ((value, span),) = hits.items()
+                return [(value, span)]
+            return []
+        if isinstance(spec, MoneySlot | DecimalSlot):
+            money = [
+                ((m.group("a") or m.group("b")).replace(",", ""), m.span())
+                for m in _MONEY.finditer(text)
+            ]
+            numbers = [(m.group().replace(",", ""), m.span()) for m in _NUMBER.finditer(text)]
+            return [(_decimal(raw), span) for raw, span in money + numbers]
+        if isinstance(spec, IntegerSlot):
+            found = [(m.group().replace(",", ""), m.span()) for m in _NUMBER.finditer(text)]
+            out = [(int(raw), span) for raw, span in found if "." not in raw]
+            for word, number in _WORD_NUMBERS.items():
+                match = re.search(rf"\b{word}\b", text, re.IGNORECASE)
+                if match:
+                    out.append((number, match.span()))
+            return sorted(out, key=lambda item: item[1])
+        if isinstance(spec, BooleanSlot):
+            yes, no = _YES.search(text), _NO.search(text)
+            if yes and not no:
+                return [(True, yes.span())]
+            if no and not yes:
+                return [(False, no.span())]
+            return []
+        assert isinstance(spec, DateSlot)
+        return _dates(text)
+
+
+def _decimal(raw: str) -> Decimal | str:
+    try:
+        return Decimal(raw)
+    except InvalidOperation:
+        return raw
+
+
+def _dates(text: str) -> list[tuple[Any, tuple[int, int]]]:
+    out: list[tuple[Any, tuple[int, int]]] = []
+    for match in _ISO_DATE.finditer(text):
+        out.append((match.group(), match.span()))
+    for match in _US_DATE.finditer(text):
+        month, day, year = (int(g) for g in match.groups())
+        try:
+            out.append((dt.date(year, month, day), match.span()))
+        except ValueError:
+            out.append((match.group(), match.span()))
+    for match in _RELATIVE_DATE.finditer(text):
+        offset = _RELATIVE[match.group(1).lower()]
+        out.append((dt.date.today() + dt.timedelta(days=offset), match.span()))
+    return sorted(out, key=lambda item: item[1])
+
+
+def _normalize(value: str, how: str) -> str:
+    if how == "upper":
+        return value.upper()
+    if how == "lower":
+        return value.lower()
+    if how == "digits":
+        return "".join(ch for ch in value if ch.isdigit())
+    return value
+
+
+def _annotation(spec: SlotSpec) -> Any:
+    if isinstance(spec, StringSlot):
+        return Annotated[
+            str,
+            StringConstraints(
+                pattern=f"^(?:{spec.pattern})$" if spec.pattern else None,
+                min_length=spec.min_length,
+                max_length=spec.max_length,
+                strict=True,
+            ),
+        ]
+    if isinstance(spec, EnumSlot):
+        return Literal[tuple(spec.values)]
+    if isinstance(spec, IntegerSlot):
+        return Annotated[int, Field(strict=True, ge=spec.min, le=spec.max)]
+    if isinstance(spec, MoneySlot):
+        return Annotated[
+            Decimal,
+            Field(
+                ge=None if spec.min is None else Decimal(str(spec.min)),
+                le=None if spec.max is None else Decimal(str(spec.max)),
+                decimal_places=2,
+                allow_inf_nan=False,
+            ),
+        ]
+    if isinstance(spec, DecimalSlot):
+        return Annotated[
+            Decimal,
+            Field(
+                ge=None if spec.min is None else Decimal(str(spec.min)),
+                le=None if spec.max is None else Decimal(str(spec.max)),
+                decimal_places=spec.places,
+                allow_inf_nan=False,
+            ),
+        ]
+    if isinstance(spec, BooleanSlot):
+        return Annotated[bool, Field(strict=True)]
+    return dt.date
+
+
+def compile_slot(name: str, spec: SlotSpec) -> SlotType:
+    """Compile a slot or fact declaration."""
+    return SlotType(name, spec)

@@ -1,0 +1,119 @@
+"""The model seam: one `Backend` Protocol, one module per provider.
+
+A backend does exactly two things, both constrained to labels it is given:
+
+* `Backend.classify` picks one intent from the labels allowed in the current state (global
+  intents and ``out_of_scope`` included) and fills the enum slots that need understanding;
+* `Backend.choose` picks one response id from an allowed set when the procedure leaves a choice.
+
+Whatever a backend answers is validated again by the agent; an answer outside the allowed set
+is a `sopagent.errors.BackendError`, handled like a timeout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+__all__ = [
+    "Backend",
+    "Choice",
+    "ChooseRequest",
+    "Classification",
+    "ClassifyRequest",
+    "Label",
+    "Usage",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Label:
+    """One allowed answer: its id, what it means, and examples of it."""
+
+    name: str
+    description: str
+    examples: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What answering cost: model calls and tokens (prompt tokens include reused ones)."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.calls + other.calls,
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+            self.cached_tokens + other.cached_tokens,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifyRequest:
+    """Classify ``text`` into one of ``labels``.
+
+    Attributes:
+        text: what the user said.
+        labels: the allowed intents, ``out_of_scope`` last.
+        slot_choices: enum slots the model should fill, name -> allowed values.
+        key: identifies the label set (policy hash and state), so a backend can reuse work
+            that depends only on it, such as a prompt prefix already evaluated.
+        instructions: what the policy says the assistant is for.
+    """
+
+    text: str
+    labels: tuple[Label, ...]
+    slot_choices: Mapping[str, tuple[Label, ...]] = field(default_factory=dict)
+    key: str = ""
+    instructions: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    """A backend's answer: one allowed intent, its score in [0, 1], and enum slot values."""
+
+    intent: str
+    score: float
+    scores: Mapping[str, float] = field(default_factory=dict)
+    slots: Mapping[str, str] = field(default_factory=dict)
+    usage: Usage = Usage()
+
+
+@dataclass(frozen=True, slots=True)
+class ChooseRequest:
+    """Pick one of ``options`` (response ids with their texts) as the reply to ``text``."""
+
+    text: str
+    options: tuple[Label, ...]
+    key: str = ""
+    instructions: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """A backend's answer to a `ChooseRequest`."""
+
+    response: str
+    score: float
+    usage: Usage = Usage()
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A language model constrained to answer with labels."""
+
+    name: str
+
+    def classify(self, request: ClassifyRequest) -> Classification:
+        """Return one of ``request.labels``; raise `BackendError` on failure."""
+        ...
+
+    def choose(self, request: ChooseRequest) -> Choice:
+        """Return one of ``request.options``; raise `BackendError` on failure."""
+        ...

@@ -1,0 +1,176 @@
+"""Decision functions: the business logic of a procedure, written in Python.
+
+A decision function reads a read-only `Context` and returns one of the outcomes it declared,
+either as a string or as an `Outcome` carrying slot and fact updates::
+
+    from sopagent import Context, Outcome, decision
+
+    @decision(outcomes=["approve", "needs_verification", "deny"])
+    def check_amount(ctx: Context) -> Outcome | str:
+        if ctx.facts["order_total"] > 100 and not ctx.facts.get("verified"):
+            return "needs_verification"
+        return Outcome("approve", facts={"refund_amount": ctx.facts["order_total"]})
+
+A policy names the modules it takes decision functions from; only functions marked with
+`@decision` in those modules can be referenced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType, ModuleType
+from typing import Any, Protocol
+
+__all__ = ["Context", "DecisionFunction", "Outcome", "decision"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a decision function decided, with the slot and fact values it sets."""
+
+    name: str
+    slots: Mapping[str, Any] = field(default_factory=dict)
+    facts: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryItem:
+    """One earlier turn as a decision function sees it."""
+
+    intent: str | None
+    state: str
+    responses: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What a decision function may read. Every mapping is read-only.
+
+    Attributes:
+        state: the state whose decision runs.
+        intent: the intent of the current turn, if the model or a rule classified one.
+        slots: validated slot values, typed (``Decimal`` for money, ``date`` for dates).
+        facts: validated facts, typed the same way.
+        history: earlier turns, oldest first.
+        session_id: the session's id.
+        turn: index of the current turn, from 0.
+    """
+
+    state: str
+    intent: str | None
+    slots: Mapping[str, Any]
+    facts: Mapping[str, Any]
+    history: tuple[HistoryItem, ...]
+    session_id: str
+    turn: int
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        state: str,
+        intent: str | None,
+        slots: dict[str, Any],
+        facts: dict[str, Any],
+        history: tuple[HistoryItem, ...],
+        session_id: str,
+        turn: int,
+    ) -> Context:
+        """Build a context whose mappings are read-only views of copies."""
+        return cls(
+            state=state,
+            intent=intent,
+            slots=MappingProxyType(dict(slots)),
+            facts=MappingProxyType(dict(facts)),
+            history=history,
+            session_id=session_id,
+            turn=turn,
+        )
+
+
+class DecisionFunction(Protocol):
+    """A function marked with `@decision`."""
+
+    __sopagent_outcomes__: tuple[str, ...]
+    __name__: str
+
+    def __call__(self, ctx: Context, /) -> Outcome | str: ...
+
+
+_MARK = "__sopagent_outcomes__"
+
+
+def decision(
+    *, outcomes: list[str] | tuple[str, ...]
+) -> Callable[[Callable[[Context], Outcome | str]], DecisionFunction]:
+    """Mark a function as a decision function with the outcomes it may return.
+
+    Args:
+        outcomes: every outcome the function may return; a policy must route each.
+
+    Returns:
+        A decorator that records the outcomes on the function and returns it unchanged.
+    """
+    declared = tuple(outcomes)
+    if not declared:
+        raise ValueError("a decision function declares at least one outcome")
+    if len(set(declared)) != len(declared):
+        raise ValueError(f"duplicate outcomes in {declared}")
+
+    def mark(function: Callable[[Context], Outcome | str]) -> DecisionFunction:
+        setattr(function, _MARK, declared)
+        return function  # type: ignore[return-value]
+
+    return mark
+
+
+def import_decision_module(spec: str, base: Path) -> ModuleType:
+    """Import a module a policy declared: a dotted name, or a .py file relative to ``base``.
+
+    Raises:
+        ImportError: the module cannot be found or raises while it is imported.
+    """
+    if spec.endswith(".py"):
+        path = (base / spec).resolve()
+        if not path.is_file():
+            raise ImportError(f"no such file: {path}")
+        digest = hashlib.sha256(str(path).encode()).hexdigest()[:12]
+        name = f"sopagent_decisions_{path.stem}_{digest}"
+        existing = sys.modules.get(name)
+        if existing is not None:
+            return existing
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        if module_spec is None or module_spec.loader is None:
+            raise ImportError(f"cannot import {path}")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+        return module
+    return importlib.import_module(spec)
+
+
+def decision_functions(module: ModuleType) -> dict[str, DecisionFunction]:
+    """Return the functions defined in ``module`` and marked with `@decision`, by name.
+
+    Functions imported into the module from elsewhere are left out, so a policy can only reach
+    code that lives in the modules it declares.
+    """
+    found: dict[str, DecisionFunction] = {}
+    for name, value in vars(module).items():
+        if (
+            callable(value)
+            and isinstance(getattr(value, _MARK, None), tuple)
+            and getattr(value, "__module__", None) == module.__name__
+        ):
+            found[name] = value
+    return found

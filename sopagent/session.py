@@ -1,0 +1,115 @@
+"""What a conversation keeps between turns (`Session`) and what one turn did (`Turn`)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["DecisionRecord", "Session", "SessionTurn", "Turn", "Utterance"]
+
+JSONValue = Any
+
+
+class SessionTurn(BaseModel):
+    """One past turn as the session remembers it: labels, not model output."""
+
+    model_config = ConfigDict(frozen=True)
+
+    user: str | None = Field(default=None, description="What the user said.")
+    intent: str | None = None
+    state: str = Field(description="State after the turn.")
+    responses: tuple[str, ...] = ()
+
+
+class Session(BaseModel):
+    """A conversation's state: small, plain JSON, restorable on any worker.
+
+    Sessions are created by `Agent.new_session` and advanced by `Agent.respond`.
+    """
+
+    model_config = ConfigDict(validate_assignment=False)
+
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    policy: str
+    policy_hash: str
+    state: str
+    started: bool = False
+    ended: bool = False
+    turns: int = 0
+    slots: dict[str, JSONValue] = Field(default_factory=dict)
+    facts: dict[str, JSONValue] = Field(default_factory=dict)
+    history: list[SessionTurn] = Field(default_factory=list)
+
+    def to_json(self) -> str:
+        """Serialize to compact JSON."""
+        return self.model_dump_json(exclude_defaults=False)
+
+    @classmethod
+    def from_json(cls, data: str | bytes) -> Session:
+        """Restore a session serialized with `to_json`."""
+        return cls.model_validate_json(data)
+
+
+class Utterance(BaseModel):
+    """One approved line said to the user."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    text: str
+    hash: str = Field(description="content_hash of the catalog template.")
+
+
+class DecisionRecord(BaseModel):
+    """A decision function that ran during a turn and what it decided."""
+
+    model_config = ConfigDict(frozen=True)
+
+    state: str
+    function: str
+    outcome: str
+
+
+class Turn(BaseModel):
+    """Everything one call of `Agent.respond` did, typed, for callers and the audit log."""
+
+    model_config = ConfigDict(frozen=True)
+
+    session_id: str
+    index: int = Field(description="0 for the opening turn, then 1, 2, ...")
+    user_text: str | None
+    state_before: str
+    state_after: str
+    path: tuple[str, ...] = Field(description="States entered during the turn, in order.")
+    intent: str | None
+    score: float
+    intent_source: Literal["model", "example", "slots", "forced", "none", "error"]
+    accepted: bool = Field(description="Whether the intent had a route in the state.")
+    slots: dict[str, JSONValue] = Field(description="Valid slot values found this turn.")
+    invalid_slots: dict[str, str] = Field(default_factory=dict)
+    decisions: tuple[DecisionRecord, ...] = ()
+    responses: tuple[Utterance, ...]
+    model_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    latency_ms: float = 0.0
+    error: str | None = Field(default=None, description="Why the error route was taken.")
+    ended: bool = False
+
+    @property
+    def text(self) -> str:
+        """The rendered responses joined as one message."""
+        return " ".join(u.text for u in self.responses)
+
+    @property
+    def response_ids(self) -> tuple[str, ...]:
+        """Ids of the responses said, in order."""
+        return tuple(u.id for u in self.responses)
+
+    @property
+    def outcome(self) -> str | None:
+        """The outcome of the last decision function that ran, if any."""
+        return self.decisions[-1].outcome if self.decisions else None
