@@ -30,7 +30,7 @@ from sopagent.policy import Catalog, Policy
 from sopagent.session import Session, Turn, Utterance
 
 if TYPE_CHECKING:
-    from sopagent.backends._llamacpp import LlamaCppBackend
+    from sopagent.backends.llamacpp import LlamaCppBackend
 
 __all__ = [
     "Agent",

@@ -11,6 +11,8 @@ the policy's error route and leaves the session as it was before the turn.
 from __future__ import annotations
 
 import hashlib
+import hmac
+import os
 import re
 import time
 from collections.abc import Mapping
@@ -84,7 +86,9 @@ class Agent:
         compiled: the compiled policy.
         backend: the model backend.
         audit: where audit events go; by default structlog's configured pipeline.
-        locale: locale tag reported in audit events.
+        audit_key: key of the HMAC that masks personal slots in audit events; the same key
+            masks the same value the same way, so events can be joined without revealing it.
+            By default a random key per agent.
     """
 
     def __init__(
@@ -93,8 +97,10 @@ class Agent:
         backend: Backend,
         *,
         audit: AuditSink | None = None,
+        audit_key: bytes | None = None,
     ) -> None:
         self.compiled = compiled
+        self._audit_key = audit_key if audit_key is not None else os.urandom(32)
         self.backend = backend
         self.audit: AuditSink = audit if audit is not None else StructlogSink()
         self._machine = compiled.machine
@@ -186,6 +192,7 @@ class Agent:
         found_slots: dict[str, Any] = {}
         invalid: dict[str, str] = {}
         accepted = False
+        failed = False
         error: str | None = None
         usage = Usage()
         try:
@@ -217,24 +224,28 @@ class Agent:
             usage = usage + work.usage
         except (BackendError, DecisionError, _RouteFault) as exc:
             error = f"{type(exc).__name__}: {exc}"
+            failed = True
+            if isinstance(exc, BackendError) and classified.source == "none":
+                classified = _Classified(None, 0.0, "error", Usage(calls=1), {})
+                usage = classified.usage
             work = _Work(session.state, dict(session.slots), dict(session.facts))
             work.path.clear()
-            work.said = [tuple(compiled.policy.global_.error.say)]
+            work.said = [(response,) for response in compiled.policy.global_.error.say]
             responses = self._render(work, "")
             found_slots, invalid, accepted = {}, {}, False
             if classified.source != "none":
                 classified.source = "error"
 
         # Commit.
-        if text is not None or not session.started:
+        if not failed and (text is not None or not session.started):
             session.state = work.state
             session.slots = work.slots
             session.facts = work.facts
             session.ended = session.ended or work.ended
             session.started = True
-        index = session.turns
         if text is not None:
             session.turns += 1
+        index = session.turns if text is not None else 0
         session.history.append(
             SessionTurn(
                 user=text,
@@ -357,6 +368,18 @@ class Agent:
         text: str,
     ) -> bool:
         route = state.routes.get(intent) if intent is not None else None
+        if intent is None and found:
+            # The message only gave slot values: take the first route that needed them.
+            route = next(
+                (
+                    r
+                    for r in state.routes.values()
+                    if r.require
+                    and any(s in found for s in r.require)
+                    and all(s in work.slots for s in r.require)
+                ),
+                None,
+            )
         accepted = route is not None
         if route is not None:
             missing = [s for s in route.require if s not in work.slots]
@@ -515,7 +538,7 @@ class Agent:
                     values[name] = kind.render(kind.from_json(work.facts[name]))
                 else:
                     raise _RouteFault(f"response {response!r} needs {{{name}}}, which has no value")
-            text_out = template.text.format_map(values) if values else template.text
+            text_out = template.text.format_map(values)
             out.append(Utterance(id=response, text=text_out, hash=template.hash))
         return tuple(out)
 
@@ -538,7 +561,7 @@ class Agent:
 
     def _emit(self, session: Session, turn: Turn, allowed: frozenset[str]) -> None:
         slots = {
-            name: _mask(value) if name in self._personal else value
+            name: _mask(self._audit_key, value) if name in self._personal else value
             for name, value in turn.slots.items()
         }
         self.audit.emit(
@@ -570,8 +593,9 @@ class Agent:
         )
 
 
-def _mask(value: Any) -> str:
-    return "sha256:" + hashlib.sha256(str(value).encode()).hexdigest()[:12]
+def _mask(key: bytes, value: Any) -> str:
+    digest = hmac.new(key, str(value).encode(), hashlib.sha256).hexdigest()
+    return "hmac:" + digest[:12]
 
 
 class _Cursor:

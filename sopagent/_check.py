@@ -65,6 +65,7 @@ class _Checker:
         self.problems: list[Problem] = []
         self.values = set(policy.slots) | set(policy.facts)
         self.said: set[str] = set()
+        self.checked: set[str] = set()
 
     def error(self, code: str, message: str, *path: str | int, hint: str = "") -> None:
         self.problems.append(Problem(code, message, self.policy.locate(*path), hint))
@@ -205,7 +206,9 @@ class _Checker:
                 *path,
             )
             return
-        for name in entry.placeholders:
+        first_use = response not in self.checked
+        self.checked.add(response)
+        for name in entry.placeholders if first_use else ():
             if name not in self.values:
                 self.problems.append(
                     Problem(

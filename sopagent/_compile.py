@@ -30,7 +30,13 @@ __all__ = ["CompiledPolicy", "CompiledRoute", "CompiledState", "compile_policy"]
 OUT_OF_SCOPE_LABEL = Label(
     OUT_OF_SCOPE,
     "The message matches none of the other intents: off-topic, unclear, or something this"
-    " assistant cannot help with here.",
+    " assistant cannot help with.",
+    (
+        "what's the weather like tomorrow",
+        "tell me a joke",
+        "who won the game last night",
+        "how do I cook pasta",
+    ),
 )
 
 
@@ -112,7 +118,8 @@ class CompiledPolicy:
         transitions: list[dict[str, str]] = []
         for state in self.states.values():
             routes = [*state.routes.values(), *state.outcomes.values()]
-            routes += [r for r in (state.filled, state.fallback) if r is not None]
+            if state.kind == "wait":
+                routes += [r for r in (state.filled, state.fallback) if r is not None]
             seen: set[str] = set()
             for route in routes:
                 if route.to is None or route.trigger in seen:
@@ -169,15 +176,21 @@ def compile_policy(policy: Policy, catalog: Catalog | None = None) -> CompiledPo
         catalog = load_catalog(base / policy.catalog)
     functions, problems = resolve_decisions(policy)
     problems += check_policy(policy, catalog, functions)
-    errors = [p for p in problems if p.severity == "error"]
-    if errors:
-        raise PolicyError(errors)
+    if any(p.severity == "error" for p in problems):
+        raise PolicyError(problems)
     policy_hash = _policy_hash(policy, catalog, functions)
 
     global_routes = {
         intent: _route(f"intent:{intent}", route) for intent, route in policy.global_.on.items()
     }
     fallback = _route("fallback", policy.global_.fallback)
+    out_of_scope = OUT_OF_SCOPE_LABEL
+    if policy.out_of_scope is not None:
+        out_of_scope = Label(
+            OUT_OF_SCOPE,
+            policy.out_of_scope.description,
+            tuple(policy.out_of_scope.examples) or OUT_OF_SCOPE_LABEL.examples,
+        )
     states: dict[str, CompiledState] = {}
     for name, state in policy.states.items():
         if state.terminal:
@@ -197,7 +210,7 @@ def compile_policy(policy: Policy, catalog: Catalog | None = None) -> CompiledPo
         labels = tuple(
             Label(i, policy.intents[i].description, tuple(policy.intents[i].examples))
             for i in intents
-        ) + (OUT_OF_SCOPE_LABEL,)
+        ) + (out_of_scope,)
         examples = {
             _normalize(example): intent
             for intent in intents

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
+from pydantic import AfterValidator, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 
 from sopagent.policy import (
     BooleanSlot,
@@ -31,10 +31,21 @@ __all__ = ["SlotType", "clean_text", "compile_slot"]
 SlotSpec = StringSlot | EnumSlot | IntegerSlot | DecimalSlot | MoneySlot | BooleanSlot | DateSlot
 
 _NUMBER = re.compile(r"(?<![\w.])-?\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\w])|(?<![\w.])-?\d+(?:\.\d+)?(?![\w])")
-_MONEY = re.compile(
-    r"(?:[$€£]\s?(?P<a>\d[\d,]*(?:\.\d+)?))|(?:(?P<b>\d[\d,]*(?:\.\d+)?)\s?(?:dollars?|usd|euros?|eur|pounds?|gbp|bucks)\b)",
-    re.IGNORECASE,
-)
+_CURRENCY_WORDS = {
+    "USD": (r"\$", r"dollars?|usd|bucks"),
+    "EUR": ("€", r"euros?|eur"),
+    "GBP": ("£", r"pounds?|gbp|quid"),
+}
+_ANY_SIGN = re.compile(r"[$€£¥₹]\s?$|^\s?(?:dollars?|usd|bucks|euros?|eur|pounds?|gbp|quid|yen)\b")
+
+
+def _money_pattern(currency: str) -> re.Pattern[str]:
+    sign, words = _CURRENCY_WORDS.get(currency, ("(?!)", re.escape(currency.lower())))
+    amount = r"\d[\d,]*(?:\.\d+)?"
+    return re.compile(
+        rf"(?:{sign}\s?(?P<a>{amount}))|(?:(?P<b>{amount})\s?(?:{words}|{currency})\b)",
+        re.IGNORECASE,
+    )
 _WORD_NUMBERS = {
     "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
     "seven": 7, "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12,
@@ -109,7 +120,7 @@ class SlotType:
             return self.adapter.validate_python(raw)
         except ValidationError as exc:
             first = exc.errors(include_url=False)[0]
-            raise ValueError(first["msg"]) from None
+            raise ValueError(first["msg"].removeprefix("Value error, ")) from None
 
     def to_json(self, value: Any) -> Any:
         """Return the JSON form stored in sessions."""
@@ -168,21 +179,34 @@ class SlotType:
                 out.append((match.group(group), match.span(group)))
             return out
         if isinstance(spec, EnumSlot):
-            hits = {}
+            spans: list[tuple[tuple[int, int], str]] = []
             for pattern, value in self._enum_words:
-                match = pattern.search(text)
-                if match and value not in hits:
-                    hits[value] = match.span()
-            if len(hits) == 1:
-                ((value, span),) = hits.items()
-                return [(value, span)]
+                spans += [(m.span(), value) for m in pattern.finditer(text)]
+            # A mention inside a longer one ("large" in "extra large") is not a mention.
+            kept = {
+                value
+                for span, value in spans
+                if not any(
+                    o[0] <= span[0] and span[1] <= o[1] and o != span for o, _ in spans
+                )
+            }
+            if len(kept) == 1:
+                value = kept.pop()
+                first = min(span for span, v in spans if v == value)
+                return [(value, first)]
             return []
         if isinstance(spec, MoneySlot | DecimalSlot):
-            money = [
-                ((m.group("a") or m.group("b")).replace(",", ""), m.span())
-                for m in _MONEY.finditer(text)
+            money = []
+            if isinstance(spec, MoneySlot):
+                money = [
+                    ((m.group("a") or m.group("b")).replace(",", ""), m.span())
+                    for m in _money_pattern(spec.currency).finditer(text)
+                ]
+            numbers = [
+                (m.group().replace(",", ""), m.span())
+                for m in _NUMBER.finditer(text)
+                if not _foreign_currency(text, m.span())
             ]
-            numbers = [(m.group().replace(",", ""), m.span()) for m in _NUMBER.finditer(text)]
             return [(_decimal(raw), span) for raw, span in money + numbers]
         if isinstance(spec, IntegerSlot):
             found = [(m.group().replace(",", ""), m.span()) for m in _NUMBER.finditer(text)]
@@ -201,6 +225,13 @@ class SlotType:
             return []
         assert isinstance(spec, DateSlot)
         return _dates(text)
+
+
+def _foreign_currency(text: str, span: tuple[int, int]) -> bool:
+    """Whether a bare number is written with a currency sign or word next to it."""
+    return bool(_ANY_SIGN.search(text[max(0, span[0] - 2) : span[0]])) or bool(
+        _ANY_SIGN.search(text[span[1] : span[1] + 9])
+    )
 
 
 def _decimal(raw: str) -> Decimal | str:
@@ -238,15 +269,12 @@ def _normalize(value: str, how: str) -> str:
 
 def _annotation(spec: SlotSpec) -> Any:
     if isinstance(spec, StringSlot):
-        return Annotated[
-            str,
-            StringConstraints(
-                pattern=f"^(?:{spec.pattern})$" if spec.pattern else None,
-                min_length=spec.min_length,
-                max_length=spec.max_length,
-                strict=True,
-            ),
-        ]
+        constraints = StringConstraints(
+            min_length=spec.min_length, max_length=spec.max_length, strict=True
+        )
+        if spec.pattern is None:
+            return Annotated[str, constraints]
+        return Annotated[str, constraints, AfterValidator(_pattern_check(spec.pattern))]
     if isinstance(spec, EnumSlot):
         return Literal[tuple(spec.values)]
     if isinstance(spec, IntegerSlot):
@@ -274,6 +302,43 @@ def _annotation(spec: SlotSpec) -> Any:
     if isinstance(spec, BooleanSlot):
         return Annotated[bool, Field(strict=True)]
     return dt.date
+
+
+def _group_source(pattern: str) -> str:
+    """Return the source of the first capture group of ``pattern``, or the whole pattern."""
+    depth, start, in_class, index = 0, -1, False, 0
+    while index < len(pattern):
+        char = pattern[index]
+        if char == "\\":
+            index += 2
+            continue
+        if in_class:
+            in_class = char != "]"
+        elif char == "[":
+            in_class = True
+        elif char == "(":
+            if start < 0 and not pattern.startswith("(?", index):
+                start, depth = index + 1, 0
+            elif start >= 0:
+                depth += 1
+        elif char == ")" and start >= 0:
+            if depth == 0:
+                return pattern[start:index]
+            depth -= 1
+        index += 1
+    return pattern
+
+
+def _pattern_check(pattern: str) -> Any:
+    # A value is what the pattern captures, so it must match the captured part in full.
+    value_pattern = re.compile(_group_source(pattern))
+
+    def check(value: str) -> str:
+        if value_pattern.fullmatch(value) is None:
+            raise ValueError(f"does not match the pattern {value_pattern.pattern!r}")
+        return value
+
+    return check
 
 
 def compile_slot(name: str, spec: SlotSpec) -> SlotType:

@@ -26,6 +26,9 @@ _MAX_NODES = 500_000
 _MAX_DEPTH = 64
 
 
+_PLAIN = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
+
+
 class _Loader(yaml.SafeLoader):
     """Safe loader whose booleans are YAML 1.2's ``true`` and ``false`` only."""
 
@@ -85,6 +88,15 @@ class _Builder:
         if depth > _MAX_DEPTH:
             raise _TooDeep(node)
         self.marks[at] = _location(self.path, node.start_mark)
+        if isinstance(node, yaml.MappingNode | yaml.SequenceNode) and node.tag not in _PLAIN:
+            self.problems.append(
+                Problem(
+                    "SOP002",
+                    f"unsupported YAML tag {node.tag!r}",
+                    _location(self.path, node.start_mark),
+                    hint="only plain scalars, mappings and lists are allowed",
+                )
+            )
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, at, depth)
         if isinstance(node, yaml.SequenceNode):
@@ -221,6 +233,10 @@ def read_yaml(path: str | Path, *, text: str | None = None) -> Document:
         raise PolicyLoadError(
             [Problem("SOP001", f"invalid YAML: {exc}", Location(name, 1, 1))]
         ) from exc
+    except RecursionError:
+        raise PolicyLoadError(
+            [Problem("SOP004", f"nesting deeper than {_MAX_DEPTH} levels", Location(name, 1, 1))]
+        ) from None
     if len(nodes) > 1:
         raise PolicyLoadError(
             [

@@ -56,7 +56,8 @@ class Problem:
     severity: str = "error"
 
     def __str__(self) -> str:
-        text = f"{self.location}: {self.code} {self.message}"
+        label = self.code if self.severity == "error" else f"{self.code} [{self.severity}]"
+        text = f"{self.location}: {label} {self.message}"
         if self.hint:
             text += f" (hint: {self.hint})"
         return text
@@ -96,7 +97,7 @@ class PolicyLoadError(PolicyError):
     """A file could not be read or parsed at all."""
 
 
-class RuntimeFault(SopError):
+class RuntimeFault(SopError):  # noqa: N818 (a family name, like PolicyError's)
     """Something failed while a conversation was running."""
 
     exit_code = 3

