@@ -17,7 +17,7 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from sopagent._compile import CompiledPolicy, CompiledRoute, CompiledState
 from sopagent._slots import Found
@@ -37,10 +37,12 @@ from sopagent.session import DecisionRecord, Session, SessionTurn, Turn, Utteran
 __all__ = ["Agent"]
 
 _WORD = re.compile(r"[\w']+")
-_FILLER = frozenset(
-    "it its it's is my the a an number order no id code please thanks thank you here this that of "
-    "for s sure ok okay yes".split()
-)
+# Words that may surround slot values without changing what a message means.
+_FILLER = frozenset({
+    "it", "its", "it's", "is", "my", "the", "a", "an", "number", "order", "no", "id", "code",
+    "please", "thanks", "thank", "you", "here", "this", "that", "of", "for", "s", "sure", "ok",
+    "okay", "yes",
+})  # fmt: skip
 _MAX_INPUT = 2000
 _MAX_HISTORY = 200
 
@@ -61,7 +63,7 @@ class _Work:
     decisions: list[DecisionRecord] = field(default_factory=list)
     ended: bool = False
     steps: int = 0
-    usage: Usage = Usage()
+    usage: Usage = field(default_factory=Usage)
     session_id: str = ""
     turn: int = 0
     history: tuple[HistoryItem, ...] = ()
@@ -71,7 +73,7 @@ class _Work:
 class _Classified:
     intent: str | None
     score: float
-    source: str
+    source: Literal["model", "example", "slots", "forced", "none", "error"]
     usage: Usage
     slots: dict[str, str]
 
@@ -104,9 +106,9 @@ class Agent:
         self.backend = backend
         self.audit: AuditSink = audit if audit is not None else StructlogSink()
         self._machine = compiled.machine
-        self._personal = {
-            name for name, slot in compiled.policy.slots.items() if slot.personal
-        } | {name for name, fact in compiled.policy.facts.items() if fact.personal}
+        self._personal = {name for name, slot in compiled.policy.slots.items() if slot.personal} | {
+            name for name, fact in compiled.policy.facts.items() if fact.personal
+        }
 
     @property
     def policy_hash(self) -> str:
@@ -161,9 +163,8 @@ class Agent:
             SessionError: the session belongs to another policy or names an unknown state.
             ValueError: ``intent`` is not an intent of the policy.
         """
-        if intent is not None and intent != OUT_OF_SCOPE:
-            if intent not in self.compiled.policy.intents:
-                raise ValueError(f"unknown intent {intent!r}")
+        if intent not in (None, OUT_OF_SCOPE) and intent not in self.compiled.policy.intents:
+            raise ValueError(f"unknown intent {intent!r}")
         return self._turn(session, text, intent)
 
     # -- the turn --------------------------------------------------------------------------------
@@ -266,7 +267,7 @@ class Agent:
             path=tuple(work.path),
             intent=classified.intent,
             score=round(classified.score, 4),
-            intent_source=classified.source,  # type: ignore[arg-type]
+            intent_source=classified.source,
             accepted=accepted,
             slots={n: slot_types[n].to_json(v) for n, v in found_slots.items()},
             invalid_slots=invalid,

@@ -24,7 +24,7 @@ def resolve_decisions(policy: Policy) -> tuple[dict[str, DecisionFunction], list
     for index, spec in enumerate(policy.decisions):
         try:
             module = import_decision_module(spec, base)
-        except Exception as exc:  # noqa: BLE001 (any failure of user code is reported, not raised)
+        except Exception as exc:
             problems.append(
                 Problem(
                     "SOP028",
@@ -101,12 +101,10 @@ class _Checker:
                 "to",
             )
         used_intents = set(policy.global_.on)
-        for name, state in policy.states.items():
+        for name in policy.states:
             self.state(name, used_intents)
         for intent in sorted(set(policy.intents) - used_intents):
-            self.warn(
-                "SOP031", f"intent {intent!r} is accepted in no state", "intents", intent
-            )
+            self.warn("SOP031", f"intent {intent!r} is accepted in no state", "intents", intent)
         self.reachability()
         self.catalog_hashes()
         return self.problems

@@ -205,12 +205,15 @@ def compile_policy(policy: Policy, catalog: Catalog | None = None) -> CompiledPo
         routes.update({i: _route(f"intent:{i}", r) for i, r in state.on.items()})
         collect = list(state.collect)
         for route in routes.values():
-            collect += [s for s in route.require if s not in collect]
+            collect.extend(s for s in route.require if s not in collect)
         intents = [i for i in policy.intents if i in routes]
-        labels = tuple(
-            Label(i, policy.intents[i].description, tuple(policy.intents[i].examples))
-            for i in intents
-        ) + (out_of_scope,)
+        labels = (
+            *(
+                Label(i, policy.intents[i].description, tuple(policy.intents[i].examples))
+                for i in intents
+            ),
+            out_of_scope,
+        )
         examples = {
             _normalize(example): intent
             for intent in intents
@@ -233,9 +236,7 @@ def compile_policy(policy: Policy, catalog: Catalog | None = None) -> CompiledPo
             examples=examples,
             key=f"{policy_hash}:{','.join(label.name for label in labels)}",
         )
-    templates = {
-        rid: _template(rid, response) for rid, response in catalog.responses.items()
-    }
+    templates = {rid: _template(rid, response) for rid, response in catalog.responses.items()}
     return CompiledPolicy(
         policy=policy,
         catalog=catalog,

@@ -31,6 +31,14 @@ def _field_names() -> set[str]:
 _VOCABULARY: set[str] = set()
 
 
+def _child(current: Any, element: str | int) -> tuple[bool, Any]:
+    if isinstance(current, dict) and element in current:
+        return True, current[element]
+    if isinstance(current, list) and isinstance(element, int) and 0 <= element < len(current):
+        return True, current[element]
+    return False, None
+
+
 def _walk(data: Any, loc: tuple[str | int, ...]) -> tuple[tuple[str | int, ...], bool]:
     """Follow a pydantic error location through the data, skipping union tags.
 
@@ -39,9 +47,10 @@ def _walk(data: Any, loc: tuple[str | int, ...]) -> tuple[tuple[str | int, ...],
     path: list[str | int] = []
     current = data
     for index, element in enumerate(loc):
-        if (isinstance(current, dict) and element in current) or (isinstance(current, list) and isinstance(element, int) and element < len(current)):
+        found, child = _child(current, element)
+        if found:
             path.append(element)
-            current = current[element]
+            current = child
         elif index == len(loc) - 1 and isinstance(current, dict):
             return tuple(path), True
     return tuple(path), False

@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+)
 
 from sopagent.policy import (
     BooleanSlot,
@@ -30,7 +37,9 @@ __all__ = ["SlotType", "clean_text", "compile_slot"]
 
 SlotSpec = StringSlot | EnumSlot | IntegerSlot | DecimalSlot | MoneySlot | BooleanSlot | DateSlot
 
-_NUMBER = re.compile(r"(?<![\w.])-?\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\w])|(?<![\w.])-?\d+(?:\.\d+)?(?![\w])")
+_NUMBER = re.compile(
+    r"(?<![\w.])-?\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\w])|(?<![\w.])-?\d+(?:\.\d+)?(?![\w])"
+)
 _CURRENCY_WORDS = {
     "USD": (r"\$", r"dollars?|usd|bucks"),
     "EUR": ("€", r"euros?|eur"),
@@ -46,10 +55,13 @@ def _money_pattern(currency: str) -> re.Pattern[str]:
         rf"(?:{sign}\s?(?P<a>{amount}))|(?:(?P<b>{amount})\s?(?:{words}|{currency})\b)",
         re.IGNORECASE,
     )
+
+
 _WORD_NUMBERS = {
     "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
     "seven": 7, "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12,
 }  # fmt: skip
+_WORD_NUMBER = re.compile(rf"\b(?:{'|'.join(_WORD_NUMBERS)})\b", re.IGNORECASE)
 _YES = re.compile(
     r"\b(?:yes|yeah|yep|yup|sure|correct|right|ok(?:ay)?|confirm(?:ed)?|affirmative|please do)\b",
     re.IGNORECASE,
@@ -186,9 +198,7 @@ class SlotType:
             kept = {
                 value
                 for span, value in spans
-                if not any(
-                    o[0] <= span[0] and span[1] <= o[1] and o != span for o, _ in spans
-                )
+                if not any(o[0] <= span[0] and span[1] <= o[1] and o != span for o, _ in spans)
             }
             if len(kept) == 1:
                 value = kept.pop()
@@ -211,10 +221,8 @@ class SlotType:
         if isinstance(spec, IntegerSlot):
             found = [(m.group().replace(",", ""), m.span()) for m in _NUMBER.finditer(text)]
             out = [(int(raw), span) for raw, span in found if "." not in raw]
-            for word, number in _WORD_NUMBERS.items():
-                match = re.search(rf"\b{word}\b", text, re.IGNORECASE)
-                if match:
-                    out.append((number, match.span()))
+            for word in _WORD_NUMBER.finditer(text):
+                out.append((_WORD_NUMBERS[word.group().lower()], word.span()))
             return sorted(out, key=lambda item: item[1])
         if isinstance(spec, BooleanSlot):
             yes, no = _YES.search(text), _NO.search(text)

@@ -84,9 +84,9 @@ class _Builder:
     def build(self, node: yaml.Node, at: Path_, depth: int) -> Any:
         self.nodes += 1
         if self.nodes > _MAX_NODES:
-            raise _TooLarge(node)
+            raise _LimitError(node)
         if depth > _MAX_DEPTH:
-            raise _TooDeep(node)
+            raise _DepthError(node)
         self.marks[at] = _location(self.path, node.start_mark)
         if isinstance(node, yaml.MappingNode | yaml.SequenceNode) and node.tag not in _PLAIN:
             self.problems.append(
@@ -175,12 +175,12 @@ class _Builder:
         return value
 
 
-class _TooLarge(Exception):
+class _LimitError(Exception):
     def __init__(self, node: yaml.Node) -> None:
         self.node = node
 
 
-class _TooDeep(_TooLarge):
+class _DepthError(_LimitError):
     pass
 
 
@@ -252,7 +252,7 @@ def read_yaml(path: str | Path, *, text: str | None = None) -> Document:
         return Document(name, None, {(): Location(name, 1, 1)})
     try:
         data = builder.build(nodes[0], (), 0)
-    except _TooDeep as exc:
+    except _DepthError as exc:
         raise PolicyLoadError(
             [
                 Problem(
@@ -262,7 +262,7 @@ def read_yaml(path: str | Path, *, text: str | None = None) -> Document:
                 )
             ]
         ) from None
-    except _TooLarge as exc:
+    except _LimitError as exc:
         raise PolicyLoadError(
             [
                 Problem(

@@ -274,7 +274,9 @@ class Policy(_Sourced):
     name: Identifier
     version: str = "1"
     description: str = ""
-    catalog: str = Field(description="Path of the approved response catalog, relative to this file.")
+    catalog: str = Field(
+        description="Path of the approved response catalog, relative to this file."
+    )
     decisions: list[str] = Field(
         default_factory=list,
         description="Modules whose @decision functions this policy may use: dotted names or "

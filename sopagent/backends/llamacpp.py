@@ -28,8 +28,14 @@ from sopagent.backends import (
     ChooseRequest,
     Classification,
     ClassifyRequest,
-    Label,
     Usage,
+)
+from sopagent.backends._prompt import (
+    CONTENT_FREE,
+    choose_prompt,
+    classify_prompt,
+    message_suffix,
+    slot_prompt,
 )
 from sopagent.errors import BackendError
 
@@ -91,62 +97,6 @@ class _Prefix:
 
 
 _SEPARATOR = "\n"
-_CONTENT_FREE = "N/A"
-
-
-def _classify_prompt(request: ClassifyRequest, vocabulary: Sequence[Label]) -> str:
-    lines = []
-    if request.instructions:
-        lines.append(request.instructions.strip())
-    lines.append("Classify each customer message into one of these intents:")
-    for label in vocabulary:
-        lines.append(f"- {label.name}: {label.description.strip()}")
-    lines.append("")
-    examples = _interleave(vocabulary, per_label=4)
-    for label, example in examples:
-        lines.append(f"Message: {_one_line(example)}")
-        lines.append(f"Intent: {label}")
-        lines.append("")
-    lines.append("Message:")
-    return "\n".join(lines)
-
-
-def _choose_prompt(request: ChooseRequest) -> str:
-    lines = []
-    if request.instructions:
-        lines.append(request.instructions.strip())
-    lines.append("Pick the reply that fits the customer's message best. Replies:")
-    for option in request.options:
-        lines.append(f"- {option.name}: {_one_line(option.description)}")
-    lines.append("")
-    lines.append("Message:")
-    return "\n".join(lines)
-
-
-def _slot_prompt(name: str, values: Sequence[Label], instructions: str) -> str:
-    lines = []
-    if instructions:
-        lines.append(instructions.strip())
-    human = name.replace("_", " ")
-    lines.append(f"Which {human} does the customer's message mean? Options:")
-    for value in values:
-        lines.append(f"- {value.name}: {value.description}")
-    lines.append("")
-    lines.append("Message:")
-    return "\n".join(lines)
-
-
-def _interleave(labels: Sequence[Label], per_label: int) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
-    for round_ in range(per_label):
-        for label in labels:
-            if round_ < len(label.examples):
-                out.append((label.name, label.examples[round_]))
-    return out
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())[:300]
 
 
 class LlamaCppBackend:
@@ -183,7 +133,7 @@ class LlamaCppBackend:
         with self._lock:
             prefix = self._prefixes.get(key)
             if prefix is None:
-                text = _classify_prompt(request, request.labels)
+                text = classify_prompt(request, request.labels)
                 prefix = self._prepare(key, text, [label.name for label in request.labels])
             probabilities, usage = self._score(key, prefix, request.text, "Intent:")
             slots: dict[str, str] = {}
@@ -193,12 +143,10 @@ class LlamaCppBackend:
                 if slot_prefix is None:
                     slot_prefix = self._prepare(
                         slot_key,
-                        _slot_prompt(slot, values, request.instructions),
+                        slot_prompt(slot, values, request.instructions),
                         [v.name for v in values],
                     )
-                slot_probs, slot_usage = self._score(
-                    slot_key, slot_prefix, request.text, "Answer:"
-                )
+                slot_probs, slot_usage = self._score(slot_key, slot_prefix, request.text, "Answer:")
                 slots[slot] = max(slot_probs, key=slot_probs.__getitem__)
                 usage = usage + slot_usage
         folded = {name: p for name, p in probabilities.items() if name in allowed}
@@ -215,7 +163,7 @@ class LlamaCppBackend:
             prefix = self._prefixes.get(key)
             if prefix is None:
                 prefix = self._prepare(
-                    key, _choose_prompt(request), [o.name for o in request.options]
+                    key, choose_prompt(request), [o.name for o in request.options]
                 )
             probabilities, usage = self._score(key, prefix, request.text, "Reply:")
         best = max(probabilities, key=probabilities.__getitem__)
@@ -297,7 +245,7 @@ class LlamaCppBackend:
         self, key: str, prefix: _Prefix, text: str, answer: str, *, calibrate: bool = True
     ) -> tuple[dict[str, float], Usage]:
         evaluated = self._activate(key, prefix)
-        message = self._tokens(" " + _one_line(text) + "\n" + answer)
+        message = self._tokens(message_suffix(text, answer))
         room = int(self.llm.n_ctx()) - len(prefix.tokens) - 16
         if len(message) > room:
             message = message[: max(room - 4, 0)] + self._tokens("\n" + answer)
@@ -331,7 +279,7 @@ class LlamaCppBackend:
             prior: dict[str, float] = {}
             position = self.llm.n_tokens
             self.llm.n_tokens = len(prefix.tokens)
-            self._eval(self._tokens(f" {_CONTENT_FREE}\n{answer}"))
+            self._eval(self._tokens(f" {CONTENT_FREE}\n{answer}"))
             self._walk(prefix.trie, self._logits(), 0.0, prior)
             self.llm.n_tokens = position
             prefix.prior = prior
