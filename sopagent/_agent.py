@@ -179,6 +179,8 @@ class Agent:
             )
         if session.state not in compiled.states:
             raise SessionError(f"session {session.id} is in unknown state {session.state!r}")
+        if text is None and session.started:
+            return self._empty_turn(session)
         history = tuple(HistoryItem(h.intent, h.state, h.responses) for h in session.history)
         work = _Work(
             session.state,
@@ -218,6 +220,14 @@ class Agent:
                             found_slots[name] = compiled.slot_types[name].validate(raw)
                         except ValueError as exc:
                             invalid[name] = str(exc)
+                # Values count when the state collects them or the route taken needs them;
+                # a number said in passing elsewhere is not remembered.
+                route = state.routes.get(classified.intent or "")
+                wanted = set(state.explicit) | set(route.require if route else ())
+                if classified.intent is None:
+                    wanted |= set(found_slots)
+                found_slots = {n: v for n, v in found_slots.items() if n in wanted}
+                invalid = {n: e for n, e in invalid.items() if n in wanted}
                 for name, value in found_slots.items():
                     work.slots[name] = compiled.slot_types[name].to_json(value)
                 accepted = self._route(work, state, classified.intent, found_slots, invalid, text)
@@ -284,6 +294,24 @@ class Agent:
         self._emit(session, turn, compiled.states[state_before].allowed)
         return turn
 
+    def _empty_turn(self, session: Session) -> Turn:
+        """What `start` returns for a session already started: nothing happened."""
+        return Turn(
+            session_id=session.id,
+            index=0,
+            user_text=None,
+            state_before=session.state,
+            state_after=session.state,
+            path=(),
+            intent=None,
+            score=0.0,
+            intent_source="none",
+            accepted=False,
+            slots={},
+            responses=(),
+            ended=session.ended,
+        )
+
     def _extract(
         self, state: CompiledState, text: str
     ) -> tuple[dict[str, Found], list[tuple[int, int]]]:
@@ -335,6 +363,7 @@ class Agent:
         request = ClassifyRequest(
             text=text,
             labels=state.labels,
+            vocabulary=self.compiled.vocabulary,
             slot_choices=enum_needed,
             key=state.key,
             instructions=self.compiled.policy.description,

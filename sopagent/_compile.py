@@ -60,6 +60,7 @@ class CompiledState:
     say: tuple[str, ...]
     choose: tuple[str, ...]
     collect: tuple[str, ...]
+    explicit: tuple[str, ...]
     routes: dict[str, CompiledRoute]
     filled: CompiledRoute | None
     fallback: CompiledRoute
@@ -94,6 +95,7 @@ class CompiledPolicy:
     fact_types: dict[str, SlotType]
     templates: dict[str, Template]
     functions: dict[str, DecisionFunction]
+    vocabulary: tuple[Label, ...] = ()
     warnings: tuple[Problem, ...] = ()
     machine: Machine = field(init=False, repr=False)
 
@@ -149,11 +151,13 @@ def _policy_hash(policy: Policy, catalog: Catalog, functions: dict[str, Decision
     digest = hashlib.sha256()
     digest.update(policy.model_dump_json(by_alias=True).encode())
     digest.update(catalog.model_dump_json().encode())
-    for name in sorted(functions):
+    # The whole source of every decision module, so that a changed constant pins new sessions.
+    modules = sorted({inspect.getmodule(f) for f in functions.values()} - {None}, key=str)
+    for module in modules:
         try:
-            source = inspect.getsource(functions[name])
+            source = inspect.getsource(module)  # type: ignore[arg-type]
         except (OSError, TypeError):
-            source = name
+            source = str(module)
         digest.update(source.encode())
     return "sha256:" + digest.hexdigest()[:16]
 
@@ -225,6 +229,7 @@ def compile_policy(policy: Policy, catalog: Catalog | None = None) -> CompiledPo
             say=tuple(state.say),
             choose=tuple(state.choose),
             collect=tuple(collect),
+            explicit=tuple(state.collect),
             routes=routes,
             filled=_route("filled", state.filled) if state.filled else None,
             fallback=_route("fallback", state.fallback) if state.fallback else fallback,
@@ -234,9 +239,16 @@ def compile_policy(policy: Policy, catalog: Catalog | None = None) -> CompiledPo
             labels=labels if kind == "wait" else (),
             allowed=frozenset(label.name for label in labels) if kind == "wait" else frozenset(),
             examples=examples,
-            key=f"{policy_hash}:{','.join(label.name for label in labels)}",
+            key=policy_hash,
         )
     templates = {rid: _template(rid, response) for rid, response in catalog.responses.items()}
+    vocabulary = (
+        *(
+            Label(name, intent.description, tuple(intent.examples))
+            for name, intent in policy.intents.items()
+        ),
+        out_of_scope,
+    )
     return CompiledPolicy(
         policy=policy,
         catalog=catalog,
@@ -246,6 +258,7 @@ def compile_policy(policy: Policy, catalog: Catalog | None = None) -> CompiledPo
         fact_types={n: compile_slot(n, s) for n, s in policy.facts.items()},
         templates=templates,
         functions=functions,
+        vocabulary=vocabulary,
         warnings=tuple(p for p in problems if p.severity != "error"),
     )
 

@@ -61,14 +61,18 @@ class ClassifyRequest:
     Attributes:
         text: what the user said.
         labels: the allowed intents, ``out_of_scope`` last.
+        vocabulary: every intent of the policy, ``out_of_scope`` last. A backend may describe
+            them all in one prompt shared by every state (so its evaluation is reused), as long
+            as it answers with an allowed label; by default the allowed labels.
         slot_choices: enum slots the model should fill, name -> allowed values.
-        key: identifies the label set (policy hash and state), so a backend can reuse work
-            that depends only on it, such as a prompt prefix already evaluated.
+        key: identifies the vocabulary (the policy's hash), so a backend can reuse work that
+            depends only on it, such as a prompt prefix already evaluated.
         instructions: what the policy says the assistant is for.
     """
 
     text: str
     labels: tuple[Label, ...]
+    vocabulary: tuple[Label, ...] = ()
     slot_choices: Mapping[str, tuple[Label, ...]] = field(default_factory=dict)
     key: str = ""
     instructions: str = ""

@@ -23,9 +23,8 @@ def classify_prompt(request: ClassifyRequest, vocabulary: Sequence[Label]) -> st
     lines = []
     if request.instructions:
         lines.append(request.instructions.strip())
-    lines.append("Classify each customer message into one of these intents:")
-    for label in vocabulary:
-        lines.append(f"- {label.name}: {label.description.strip()}")
+    names = ", ".join(label.name for label in vocabulary)
+    lines.append(f"Classify each customer message into one of these intents: {names}.")
     lines.append("")
     examples = _interleave(vocabulary, per_label=4)
     for name, example in examples:

