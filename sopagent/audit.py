@@ -12,8 +12,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-import structlog
-
 __all__ = ["AuditSink", "JsonLinesSink", "MemorySink", "StructlogSink"]
 
 
@@ -29,6 +27,8 @@ class StructlogSink:
     """Send events to structlog's configured pipeline (``structlog.get_logger``)."""
 
     def __init__(self, name: str = "sopagent.audit") -> None:
+        import structlog  # noqa: PLC0415 (imported when a sink is made, not with sopagent)
+
         self._log = structlog.get_logger(name)
 
     def emit(self, event: Mapping[str, Any]) -> None:
@@ -44,6 +44,8 @@ class JsonLinesSink:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file: IO[str] = self.path.open("a", encoding="utf-8")
         self._lock = threading.Lock()
+        import structlog  # noqa: PLC0415 (imported when a sink is made, not with sopagent)
+
         self._log = structlog.wrap_logger(
             structlog.WriteLogger(self._file),
             processors=[
