@@ -160,16 +160,18 @@ def raw_transitions(
     compiled: sopagent.CompiledPolicy, turns: list[sopagent.Turn]
 ) -> list[tuple[str, str]]:
     """The (source, trigger) pairs the agent fired, read from the turns' paths."""
-    by_pair: dict[tuple[str, str], str] = {}
+    by_pair: dict[tuple[str, str], list[str]] = defaultdict(list)
     for t in compiled.machine_config()["transitions"]:
-        by_pair.setdefault((t["source"], t["dest"]), t["trigger"])
+        by_pair[(t["source"], t["dest"])].append(t["trigger"])
     fired: list[tuple[str, str]] = []
     for turn in turns:
-        states = [turn.state_before, *turn.path]
-        if turn.index == 0:
-            states = list(turn.path)
+        states = list(turn.path) if turn.index == 0 else [turn.state_before, *turn.path]
+        outcomes = {d.state: f"outcome:{d.outcome}" for d in turn.decisions}
         for source, dest in itertools.pairwise(states):
-            fired.append((source, by_pair[(source, dest)]))
+            candidates = by_pair[(source, dest)]
+            preferred = [f"intent:{turn.intent}", outcomes.get(source, ""), "filled"]
+            trigger = next((p for p in preferred if p in candidates), candidates[0])
+            fired.append((source, trigger))
     return fired
 
 

@@ -66,7 +66,15 @@ class _Work:
     usage: Usage = field(default_factory=Usage)
     session_id: str = ""
     turn: int = 0
-    history: tuple[HistoryItem, ...] = ()
+    past: list[SessionTurn] = field(default_factory=list)
+    _history: tuple[HistoryItem, ...] | None = None
+
+    @property
+    def history(self) -> tuple[HistoryItem, ...]:
+        """Earlier turns as decision functions see them, built only when one runs."""
+        if self._history is None:
+            self._history = tuple(HistoryItem(h.intent, h.state, h.responses) for h in self.past)
+        return self._history
 
 
 @dataclass
@@ -181,14 +189,13 @@ class Agent:
             raise SessionError(f"session {session.id} is in unknown state {session.state!r}")
         if text is None and session.started:
             return self._empty_turn(session)
-        history = tuple(HistoryItem(h.intent, h.state, h.responses) for h in session.history)
         work = _Work(
             session.state,
             dict(session.slots),
             dict(session.facts),
             session_id=session.id,
             turn=session.turns,
-            history=history,
+            past=session.history,
         )
         state_before = session.state
         classified = _Classified(None, 0.0, "none", Usage(), {})

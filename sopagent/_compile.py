@@ -223,6 +223,8 @@ def compile_policy(policy: Policy, catalog: Catalog | None = None) -> CompiledPo
             for intent in intents
             for example in policy.intents[intent].examples
         }
+        for example in out_of_scope.examples:
+            examples.setdefault(_normalize(example), OUT_OF_SCOPE)
         states[name] = CompiledState(
             name=name,
             kind=kind,

@@ -29,7 +29,11 @@ _MAX_DEPTH = 64
 _PLAIN = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
 
 
-class _Loader(yaml.SafeLoader):
+# libyaml's parser when PyYAML was built with it; the resolver below stays in Python either way.
+_Base: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_Base):  # type: ignore[valid-type,misc]
     """Safe loader whose booleans are YAML 1.2's ``true`` and ``false`` only."""
 
 

@@ -201,8 +201,15 @@ class LlamaCppBackend:
         """Make ``prefix`` the start of the KV cache; return how many tokens were evaluated."""
         llm = self.llm
         self._prefixes.move_to_end(key)
-        if self._loaded == key:
-            llm.n_tokens = len(prefix.tokens)
+        count = len(prefix.tokens)
+        # Another user of the same model may have replaced the cache: check that it still
+        # holds this prompt before reusing it.
+        if (
+            self._loaded == key
+            and llm.n_tokens >= count
+            and list(llm.input_ids[:count]) == prefix.tokens
+        ):
+            llm.n_tokens = count
             return 0
         # Only one prefix is resident: the classification prompt serves every state of a
         # policy, so switching happens only for the rarer choose and enum-slot prompts.

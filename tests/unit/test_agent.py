@@ -305,6 +305,7 @@ def test_other_text_asks_the_model_once_with_the_state_labels(refund_agent: Make
         "affirm",
         "deny",
         "ask_refund_policy",
+        "greet",
         "talk_to_human",
         "goodbye",
         "out_of_scope",

@@ -89,6 +89,7 @@ def test_allowed_labels_are_the_state_intents_plus_out_of_scope() -> None:
         "affirm",
         "deny",
         "ask_refund_policy",
+        "greet",
         "talk_to_human",
         "goodbye",
         "out_of_scope",
