@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from _report import markdown, mean, median, p90, row
 
 import sopagent
 from sopagent.audit import NullSink
@@ -59,66 +59,6 @@ CONVERSATIONS: dict[str, tuple[str, ...]] = {
     "handoff": ("hello", "can I talk to a person"),
 }
 FIRST_MESSAGE = CONVERSATIONS["refund"][0]
-
-
-# -- small statistics helpers (as in overhead.py) ----------------------------------------------
-
-
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values)
-
-
-def p90(values: Sequence[float]) -> float:
-    if len(values) < 2:
-        return values[0]
-    return statistics.quantiles(values, n=10, method="inclusive")[8]
-
-
-def mean(values: Sequence[float]) -> float:
-    return statistics.fmean(values) if values else 0.0
-
-
-def row(
-    name: str,
-    value: float,
-    unit: str,
-    *,
-    baseline: float | None = None,
-    baseline_name: str | None = None,
-    note: str = "",
-    n: int | None = None,
-    p90_value: float | None = None,
-) -> dict[str, Any]:
-    """One reported figure, with its baseline and the ratio value/baseline when it has one."""
-    ratio = value / baseline if baseline else None
-    return {
-        "name": name,
-        "value": round(value, 3),
-        "unit": unit,
-        "p90": round(p90_value, 3) if p90_value is not None else None,
-        "baseline": round(baseline, 3) if baseline is not None else None,
-        "baseline_name": baseline_name,
-        "ratio": round(ratio, 2) if ratio is not None else None,
-        "n": n,
-        "note": note,
-    }
-
-
-def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "| figure | value | p90 | baseline | ratio | n |",
-        "|---|---:|---:|---|---:|---:|",
-    ]
-    for r in rows:
-        value = f"{r['value']:g} {r['unit']}"
-        high = "" if r.get("p90") is None else f"{r['p90']:g}"
-        base = (
-            "" if r["baseline"] is None else f"{r['baseline']:g} {r['unit']} ({r['baseline_name']})"
-        )
-        ratio = "" if r["ratio"] is None else f"{r['ratio']:g}x"
-        count = "" if r["n"] is None else str(r["n"])
-        lines.append(f"| {r['name']} | {value} | {high} | {base} | {ratio} | {count} |")
-    return "\n".join(lines)
 
 
 # -- the raw llama.cpp baseline -----------------------------------------------------------------

@@ -23,16 +23,16 @@ import gc
 import itertools
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from _report import markdown, median, row
 from transitions import Machine
 
 import sopagent
@@ -54,58 +54,6 @@ CONVERSATION: tuple[tuple[str, str, str | None, str], ...] = (
     ("to terminal", "no that's everything", "deny", "closed"),
 )
 STEADY_TEXT = "how do refunds work here?"
-
-
-# -- small statistics helpers ------------------------------------------------------------------
-
-
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values)
-
-
-def p90(values: Sequence[float]) -> float:
-    if len(values) < 2:
-        return values[0]
-    return statistics.quantiles(values, n=10, method="inclusive")[8]
-
-
-def row(
-    name: str,
-    value: float,
-    unit: str,
-    *,
-    baseline: float | None = None,
-    baseline_name: str | None = None,
-    note: str = "",
-    n: int | None = None,
-) -> dict[str, Any]:
-    """One reported figure, with its baseline and the ratio value/baseline when it has one."""
-    ratio = value / baseline if baseline else None
-    return {
-        "name": name,
-        "value": round(value, 3),
-        "unit": unit,
-        "baseline": round(baseline, 3) if baseline is not None else None,
-        "baseline_name": baseline_name,
-        "ratio": round(ratio, 2) if ratio is not None else None,
-        "n": n,
-        "note": note,
-    }
-
-
-def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "| figure | value | baseline | ratio |",
-        "|---|---:|---|---:|",
-    ]
-    for r in rows:
-        value = f"{r['value']:g} {r['unit']}"
-        base = (
-            "" if r["baseline"] is None else f"{r['baseline']:g} {r['unit']} ({r['baseline_name']})"
-        )
-        ratio = "" if r["ratio"] is None else f"{r['ratio']:g}x"
-        lines.append(f"| {r['name']} | {value} | {base} | {ratio} |")
-    return "\n".join(lines)
 
 
 # -- the agent side ----------------------------------------------------------------------------
