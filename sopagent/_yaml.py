@@ -188,6 +188,10 @@ class _DepthError(_LimitError):
     pass
 
 
+def _failure(code: str, message: str, location: Location) -> PolicyLoadError:
+    return PolicyLoadError([Problem(code, message, location)])
+
+
 def read_yaml(path: str | Path, *, text: str | None = None) -> Document:
     """Parse one YAML document.
 
@@ -206,76 +210,42 @@ def read_yaml(path: str | Path, *, text: str | None = None) -> Document:
         try:
             raw = Path(path).read_bytes()
         except OSError as exc:
-            raise PolicyLoadError(
-                [Problem("SOP001", f"cannot read file: {exc.strerror}", Location(name))]
-            ) from exc
+            raise _failure("SOP001", f"cannot read file: {exc.strerror}", Location(name)) from exc
         if len(raw) > _MAX_BYTES:
-            raise PolicyLoadError(
-                [Problem("SOP001", f"file is larger than {_MAX_BYTES} bytes", Location(name))]
-            )
+            raise _failure("SOP001", f"file is larger than {_MAX_BYTES} bytes", Location(name))
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             line = raw[: exc.start].count(b"\n") + 1
             column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
-            raise PolicyLoadError(
-                [Problem("SOP001", "file is not valid UTF-8", Location(name, line, column))]
-            ) from exc
+            where = Location(name, line, column)
+            raise _failure("SOP001", "file is not valid UTF-8", where) from exc
     elif len(text) > _MAX_BYTES:
-        raise PolicyLoadError(
-            [Problem("SOP001", f"document is larger than {_MAX_BYTES} bytes", Location(name))]
-        )
+        raise _failure("SOP001", f"document is larger than {_MAX_BYTES} bytes", Location(name))
+    too_deep = f"nesting deeper than {_MAX_DEPTH} levels"
     try:
         nodes = list(yaml.compose_all(text, Loader=_Loader))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         message = exc.problem or exc.context or "invalid YAML"
-        raise PolicyLoadError(
-            [Problem("SOP001", f"invalid YAML: {message}", _location(name, mark))]
-        ) from exc
+        raise _failure("SOP001", f"invalid YAML: {message}", _location(name, mark)) from exc
     except yaml.YAMLError as exc:
-        raise PolicyLoadError(
-            [Problem("SOP001", f"invalid YAML: {exc}", Location(name, 1, 1))]
-        ) from exc
+        raise _failure("SOP001", f"invalid YAML: {exc}", Location(name, 1, 1)) from exc
     except RecursionError:
-        raise PolicyLoadError(
-            [Problem("SOP004", f"nesting deeper than {_MAX_DEPTH} levels", Location(name, 1, 1))]
-        ) from None
+        raise _failure("SOP004", too_deep, Location(name, 1, 1)) from None
     if len(nodes) > 1:
-        raise PolicyLoadError(
-            [
-                Problem(
-                    "SOP001",
-                    "a file holds one YAML document",
-                    _location(name, nodes[1].start_mark),
-                )
-            ]
-        )
+        where = _location(name, nodes[1].start_mark)
+        raise _failure("SOP001", "a file holds one YAML document", where)
     builder = _Builder(name)
     if not nodes:
         return Document(name, None, {(): Location(name, 1, 1)})
     try:
         data = builder.build(nodes[0], (), 0)
     except _DepthError as exc:
-        raise PolicyLoadError(
-            [
-                Problem(
-                    "SOP004",
-                    f"nesting deeper than {_MAX_DEPTH} levels",
-                    _location(name, exc.node.start_mark),
-                )
-            ]
-        ) from None
+        raise _failure("SOP004", too_deep, _location(name, exc.node.start_mark)) from None
     except _LimitError as exc:
-        raise PolicyLoadError(
-            [
-                Problem(
-                    "SOP004",
-                    f"document expands to more than {_MAX_NODES} values (alias bomb?)",
-                    _location(name, exc.node.start_mark),
-                )
-            ]
-        ) from None
+        message = f"document expands to more than {_MAX_NODES} values (alias bomb?)"
+        raise _failure("SOP004", message, _location(name, exc.node.start_mark)) from None
     if builder.problems:
         raise PolicyLoadError(builder.problems)
     return Document(name, data, builder.marks)
