@@ -208,12 +208,12 @@ class Agent:
         try:
             if text is None:
                 if not session.started:
-                    self._enter(work, session.state, None, "")
+                    self._enter(work, session.state, None)
             elif session.ended:
                 error = "the conversation has ended"
             else:
                 if not session.started:
-                    self._enter(work, session.state, None, "")
+                    self._enter(work, session.state, None)
                 text = text[:_MAX_INPUT]
                 state = compiled.states[work.state]
                 found, taken = self._extract(state, text)
@@ -237,7 +237,7 @@ class Agent:
                 invalid = {n: e for n, e in invalid.items() if n in wanted}
                 for name, value in found_slots.items():
                     work.slots[name] = compiled.slot_types[name].to_json(value)
-                accepted = self._route(work, state, classified.intent, found_slots, invalid, text)
+                accepted = self._route(work, state, classified.intent, found_slots, invalid)
             responses = self._render(work, text or "")
             usage = usage + work.usage
         except (BackendError, DecisionError, _RouteFault) as exc:
@@ -402,7 +402,6 @@ class Agent:
         intent: str | None,
         found: dict[str, Any],
         invalid: dict[str, str],
-        text: str,
     ) -> bool:
         route = state.routes.get(intent) if intent is not None else None
         if intent is None and found:
@@ -423,24 +422,24 @@ class Agent:
             if missing:
                 self._reask(work, missing[0], invalid, state)
                 return accepted
-            self._take(work, state, route, intent, text)
+            self._take(work, state, route, intent)
             return accepted
         if invalid:
             self._reask(work, next(iter(invalid)), invalid, state)
         elif state.filled is not None and all(s in work.slots for s in state.collect):
-            self._take(work, state, state.filled, intent, text)
+            self._take(work, state, state.filled, intent)
         elif found and state.filled is not None:
             missing = [s for s in state.collect if s not in work.slots]
             self._reask(work, missing[0], invalid, state)
         else:
-            self._take(work, state, state.fallback, intent, text)
+            self._take(work, state, state.fallback, intent)
         return accepted
 
     def _reask(self, work: _Work, slot: str, invalid: dict[str, str], state: CompiledState) -> None:
         spec = self.compiled.policy.slots[slot]
         response = (spec.invalid or spec.ask) if slot in invalid else spec.ask
         if response is None:
-            self._take(work, state, state.fallback, None, "")
+            self._take(work, state, state.fallback, None)
         else:
             work.said.append((response,))
 
@@ -450,13 +449,12 @@ class Agent:
         state: CompiledState,
         route: CompiledRoute,
         intent: str | None,
-        text: str,
     ) -> None:
         if route.to is not None:
             self._fire(route.trigger, state.name, route.to)
-        self._say(work, route.say, route.choose, text)
+        self._say(work, route.say, route.choose)
         if route.to is not None:
-            self._enter(work, route.to, intent, text)
+            self._enter(work, route.to, intent)
 
     def _fire(self, trigger: str, source: str, dest: str) -> None:
         event = self._machine.events.get(trigger)
@@ -467,13 +465,13 @@ class Agent:
         if cursor.state != dest:
             raise _RouteFault(f"{trigger!r} from {source!r} led to {cursor.state!r}")
 
-    def _say(self, work: _Work, say: tuple[str, ...], choose: tuple[str, ...], text: str) -> None:
+    def _say(self, work: _Work, say: tuple[str, ...], choose: tuple[str, ...]) -> None:
         for response in say:
             work.said.append((response,))
         if choose:
             work.said.append(choose)
 
-    def _enter(self, work: _Work, name: str, intent: str | None, text: str) -> None:
+    def _enter(self, work: _Work, name: str, intent: str | None) -> None:
         states = self.compiled.states
         while True:
             work.steps += 1
@@ -487,7 +485,7 @@ class Agent:
                 route = state.outcomes[outcome]
                 assert route.to is not None
                 self._fire(route.trigger, name, route.to)
-                self._say(work, route.say, route.choose, text)
+                self._say(work, route.say, route.choose)
                 name = route.to
                 continue
             filled = state.filled
@@ -498,10 +496,10 @@ class Agent:
                 and all(s in work.slots for s in state.collect)
             ):
                 self._fire(filled.trigger, name, filled.to)
-                self._say(work, filled.say, filled.choose, text)
+                self._say(work, filled.say, filled.choose)
                 name = filled.to
                 continue
-            self._say(work, state.say, state.choose, text)
+            self._say(work, state.say, state.choose)
             if state.kind == "terminal":
                 work.ended = True
             return

@@ -64,7 +64,6 @@ class _Checker:
         self.functions = functions
         self.problems: list[Problem] = []
         self.values = set(policy.slots) | set(policy.facts)
-        self.said: set[str] = set()
         self.checked: set[str] = set()
 
     def error(self, code: str, message: str, *path: str | int, hint: str = "") -> None:
@@ -195,7 +194,6 @@ class _Checker:
                 self.error("SOP023", f"unknown slot {slot!r}", *path, "require", index)
 
     def response(self, response: str, *path: str | int, plain: bool = False) -> None:
-        self.said.add(response)
         entry = self.catalog.responses.get(response)
         if entry is None:
             self.error(

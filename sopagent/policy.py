@@ -42,7 +42,6 @@ OUT_OF_SCOPE = "out_of_scope"
 """The built-in intent for input that matches no intent of the policy."""
 
 _ID = r"^[a-z][a-z0-9_]*$"
-_ID_HINT = "ids are lower_snake_case: a letter, then letters, digits or underscores"
 Identifier = Annotated[str, Field(pattern=_ID, max_length=64)]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sopagent.backends import ChooseRequest, ClassifyRequest, Label
+from sopagent.backends import ChooseRequest, Label
 
 __all__ = ["CONTENT_FREE", "choose_prompt", "classify_prompt", "one_line", "slot_prompt"]
 
@@ -18,7 +18,7 @@ CONTENT_FREE = "N/A"
 """A message that says nothing, used to measure a prompt's bias towards some labels."""
 
 
-def classify_prompt(request: ClassifyRequest, vocabulary: Sequence[Label]) -> str:
+def classify_prompt(vocabulary: Sequence[Label]) -> str:
     """Return the classification prefix: the intent names, then interleaved examples.
 
     The policy's description is left out on purpose: with a small completion model, a sentence

@@ -140,7 +140,7 @@ class LlamaCppBackend:
         with self._lock:
             prefix = self._prefixes.get(key)
             if prefix is None:
-                text = classify_prompt(request, vocabulary)
+                text = classify_prompt(vocabulary)
                 prefix = self._prepare(key, text, [label.name for label in vocabulary])
             probabilities, usage = self._score(key, prefix, request.text, "Intent:")
             slots: dict[str, str] = {}
@@ -349,7 +349,7 @@ def _silence_llama_cpp() -> None:
     import llama_cpp  # noqa: PLC0415 (optional dependency)
 
     @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
-    def quiet(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    def quiet(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:  # noqa: ARG001
         return None
 
     _QUIET = quiet

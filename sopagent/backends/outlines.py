@@ -48,7 +48,7 @@ class OutlinesBackend:
 
     def classify(self, request: ClassifyRequest) -> Classification:
         """Generate one allowed intent after the message."""
-        prompt = classify_prompt(request, request.labels)
+        prompt = classify_prompt(request.labels)
         intent = self._pick(prompt, request.text, "Intent:", request.labels)
         slots = {
             name: self._pick(

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import sopagent
-from sopagent.backends import ClassifyRequest
+from sopagent.backends import ClassifyRequest, Label
 from sopagent.backends.llamacpp import LlamaCppBackend
 
 pytestmark = pytest.mark.model
@@ -159,3 +159,28 @@ def test_outlines_backend_on_the_embedded_model() -> None:
         assert turn.intent in agent.compiled.states[before].allowed
         if session.ended:
             break
+
+
+def test_enum_slot_filled_by_the_model(backend: LlamaCppBackend) -> None:
+    """An enum slot the text does not spell out is filled with one of its values by the model."""
+    agent = sopagent.load_agent(
+        ROOT / "policies/refund.yaml", backend=backend, audit=sopagent.MemorySink()
+    )
+    state = agent.compiled.states["greeting"]
+    values = (
+        Label("damaged", "the item arrived broken or damaged"),
+        Label("wrong_item", "a different item than ordered arrived"),
+        Label("late", "the order arrived too late"),
+    )
+    answer = backend.classify(
+        ClassifyRequest(
+            text="the vase came in pieces",
+            labels=state.labels,
+            vocabulary=agent.compiled.vocabulary,
+            slot_choices={"reason": values},
+            key=agent.compiled.hash,
+        )
+    )
+    assert answer.slots["reason"] in {"damaged", "wrong_item", "late"}
+    assert answer.usage.calls == 2
+    assert answer.intent in state.allowed
