@@ -10,7 +10,7 @@ from pydantic import BaseModel, ValidationError
 
 from sopagent._yaml import Document, read_yaml
 from sopagent.errors import Location, PolicyLoadError, Problem
-from sopagent.policy import Catalog, Policy
+from sopagent.policy import _ID, Catalog, Policy
 
 __all__ = ["load_catalog", "load_policy", "validation_problems"]
 
@@ -81,6 +81,14 @@ def validation_problems(exc: ValidationError, document: Document) -> list[Proble
             location = document.locate(path)
             where = ".".join(str(p) for p in path) or "the document"
             problem = Problem("SOP012", f"missing required key {key!r} in {where}", location)
+        elif kind == "string_pattern_mismatch" and error.get("ctx", {}).get("pattern") == _ID:
+            location = document.locate(path)
+            problem = Problem(
+                "SOP010",
+                f"{error['input']!r} is not a valid id",
+                location,
+                hint="ids are lower_snake_case: a letter, then letters, digits or underscores",
+            )
         else:
             location = document.locate_key(path) if missing else document.locate(path)
             message = error["msg"].removeprefix("Value error, ")
