@@ -136,8 +136,10 @@ def test_run_json_records_states_and_responses(tmp_path: Path, script: Path) -> 
 def test_run_transcript_with_list_script_and_audit(tmp_path: Path) -> None:
     """run without --json prints a transcript; a list script labels turns in order; --audit logs."""
     script = tmp_path / "labels.json"
-    script.write_text(json.dumps(["talk_to_human"]), encoding="utf-8")
-    conversation = write_jsonl(tmp_path / "c.jsonl", ["hmm, something else entirely"])
+    script.write_text(json.dumps(["talk_to_human", "affirm"]), encoding="utf-8")
+    conversation = write_jsonl(
+        tmp_path / "c.jsonl", ["hmm, something else entirely", "that would be great"]
+    )
     audit = tmp_path / "audit" / "events.jsonl"
     result = sopagent(
         "run", POLICY, "-i", conversation, "--backend", "scripted", "--script", script,
@@ -147,12 +149,14 @@ def test_run_transcript_with_list_script_and_audit(tmp_path: Path) -> None:
     assert result.stdout.splitlines() == [
         "bot> Hello! I'm the refunds assistant. How can I help you today?",
         "you> hmm, something else entirely",
+        "bot> Would you like me to pass you to a colleague?",
+        "you> that would be great",
         "bot> I'm passing you to a colleague now. They'll see this conversation and continue"
         " from here.",
         "(conversation ended in handoff)",
     ]
     events = [json.loads(line) for line in audit.read_text(encoding="utf-8").splitlines()]
-    assert [e["state_after"] for e in events] == ["greeting", "handoff"]
+    assert [e["state_after"] for e in events] == ["greeting", "confirm_handoff", "handoff"]
     assert events[1]["backend"] == "scripted"
 
 

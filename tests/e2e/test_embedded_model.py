@@ -78,12 +78,13 @@ def test_handoff_through_the_cli(tmp_path: Path) -> None:
     """Asking for a person mid-procedure hands the conversation over, on the model's label."""
     turns = run_cli(
         "policies/refund.yaml",
-        [{"text": "I'd like a refund"}, {"text": "talk to a human please"}],
+        [{"text": "I'd like a refund"}, {"text": "talk to a human please"}, {"text": "yes"}],
         tmp_path,
     )
-    handoff = turns[-1]
-    assert handoff["intent"] == "talk_to_human"
-    assert handoff["intent_source"] == "model"
+    ask, handoff = turns[-2:]
+    assert ask["intent"] == "talk_to_human"
+    assert ask["intent_source"] == "model"
+    assert ask["state_after"] == "confirm_handoff"
     assert handoff["state_after"] == "handoff"
     assert handoff["response_ids"] == ["handoff"]
     assert handoff["ended"] is True
@@ -114,7 +115,7 @@ def test_embedded_agent_via_python(backend: LlamaCppBackend) -> None:
     assert 0.0 < turn.score <= 1.0
     assert turn.model_calls == 1
     assert turn.prompt_tokens > turn.cached_tokens >= 0
-    assert session.ended
+    assert session.state == "confirm_handoff"
 
 
 def test_labels_are_always_allowed(backend: LlamaCppBackend) -> None:

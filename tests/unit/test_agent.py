@@ -212,18 +212,31 @@ def test_order_id_given_at_the_greeting(refund_agent: MakeAgent) -> None:
 
 @pytest.mark.parametrize("state", sorted(TO_STATE))
 def test_talk_to_human_from_any_waiting_state(refund_agent: MakeAgent, state: str) -> None:
-    """Asking for a human from any waiting state hands over and ends the conversation."""
+    """Asking for a human from any waiting state, once confirmed, hands over and ends."""
     agent = refund_agent()
     session, turns = started(agent, *TO_STATE[state])
     assert turns[-1].state_after == state
     turn = agent.respond(session, "let me talk to a human")
     assert turn.state_before == state
     assert turn.intent == "talk_to_human"
+    assert turn.path == ("confirm_handoff",)
+    assert turn.response_ids == ("confirm_handoff",)
+    assert not turn.ended
+    turn = agent.respond(session, "yes")
     assert turn.path == ("handoff",)
     assert turn.response_ids == ("handoff",)
     assert turn.ended
     assert session.state == "handoff"
     assert session.ended
+
+
+def test_declined_handoff_keeps_the_conversation(refund_agent: MakeAgent) -> None:
+    """A request for a person that the customer then declines does not end the conversation."""
+    agent = refund_agent()
+    session, _ = started(agent, "let me talk to a human")
+    turn = agent.respond(session, "no")
+    assert turn.state_after == "anything_else"
+    assert not session.ended
 
 
 def test_terminal_state_is_absorbing(refund_agent: MakeAgent) -> None:
