@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 import json
 import sys
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -357,6 +358,16 @@ def _lines(interactive: bool, console: Console) -> Iterator[str]:
             yield line
 
 
+def _warm(agent: Agent) -> None:
+    """Let a backend that can evaluate its prompt early do so while the user types."""
+    warm = getattr(agent.backend, "warm", None)
+    if callable(warm):
+        compiled = agent.compiled
+        threading.Thread(
+            target=warm, args=(compiled.vocabulary, compiled.hash), daemon=True
+        ).start()
+
+
 @app.command()
 def chat(
     policy: PolicyArg,
@@ -382,6 +393,7 @@ def chat(
             _show_turn(console, turn, debug=show_debug)
             if turn.ended:
                 return
+            _warm(run.agent)
             for line in _lines(sys.stdin.isatty(), console):
                 text = line.strip()
                 if not text:

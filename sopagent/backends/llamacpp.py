@@ -28,6 +28,7 @@ from sopagent.backends import (
     ChooseRequest,
     Classification,
     ClassifyRequest,
+    Label,
     Usage,
 )
 from sopagent.backends._prompt import (
@@ -136,12 +137,8 @@ class LlamaCppBackend:
                 f"allowed labels outside the vocabulary: {', '.join(sorted(missing))}",
                 provider=self.name,
             )
-        key = "classify:" + (request.key or ",".join(label.name for label in vocabulary))
         with self._lock:
-            prefix = self._prefixes.get(key)
-            if prefix is None:
-                text = classify_prompt(vocabulary)
-                prefix = self._prepare(key, text, [label.name for label in vocabulary])
+            key, prefix = self._classify_prefix(vocabulary, request.key)
             probabilities, usage = self._score(key, prefix, request.text, "Intent:")
             slots: dict[str, str] = {}
             for slot, values in request.slot_choices.items():
@@ -163,6 +160,19 @@ class LlamaCppBackend:
         intent = max(folded, key=folded.__getitem__)
         return Classification(intent, folded[intent], folded, slots, usage)
 
+    def warm(self, vocabulary: tuple[Label, ...], key: str = "") -> None:
+        """Evaluate a policy's prompt before its first message, e.g. while the user types.
+
+        Args:
+            vocabulary: every intent of the policy, as in `ClassifyRequest.vocabulary`.
+            key: the key its classification requests will carry.
+        """
+        with self._lock:
+            name, prefix = self._classify_prefix(vocabulary, key)
+            self._activate(name, prefix)
+            if self._calibration:
+                self._calibrate(prefix, "Intent:", {})
+
     def choose(self, request: ChooseRequest) -> Choice:
         """Score every allowed response id after the message."""
         key = "choose:" + (request.key or ",".join(o.name for o in request.options))
@@ -177,6 +187,15 @@ class LlamaCppBackend:
         return Choice(best, probabilities[best], usage)
 
     # -- prefixes and the KV cache -------------------------------------------------------------
+
+    def _classify_prefix(self, vocabulary: tuple[Label, ...], key: str) -> tuple[str, _Prefix]:
+        name = "classify:" + (key or ",".join(label.name for label in vocabulary))
+        prefix = self._prefixes.get(name)
+        if prefix is None:
+            prefix = self._prepare(
+                name, classify_prompt(vocabulary), [label.name for label in vocabulary]
+            )
+        return name, prefix
 
     def _tokens(self, text: str, *, bos: bool = False) -> list[int]:
         tokens: list[int] = self.llm.tokenize(text.encode("utf-8"), add_bos=bos, special=False)

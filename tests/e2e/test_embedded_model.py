@@ -185,3 +185,17 @@ def test_enum_slot_filled_by_the_model(backend: LlamaCppBackend) -> None:
     assert answer.slots["reason"] in {"damaged", "wrong_item", "late"}
     assert answer.usage.calls == 2
     assert answer.intent in state.allowed
+
+
+def test_warm_evaluates_the_prompt_before_the_first_message(backend: LlamaCppBackend) -> None:
+    """After `warm`, the first classification reuses the evaluated prompt."""
+    agent = sopagent.load_agent(
+        ROOT / "policies/merchant_npc.yaml", backend=backend, audit=sopagent.MemorySink()
+    )
+    backend.warm(agent.compiled.vocabulary, agent.compiled.hash)
+    session = agent.new_session(facts={"gold": 10})
+    agent.start(session)
+    turn = agent.respond(session, "do you know any good taverns around here")
+    assert turn.model_calls == 1
+    assert turn.cached_tokens > 0
+    assert turn.prompt_tokens - turn.cached_tokens < 40
