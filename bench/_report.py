@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -63,3 +65,10 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         count = "" if r["n"] is None else str(r["n"])
         lines.append(f"| {r['name']} | {value} | {high} | {base} | {ratio} | {count} |")
     return "\n".join(lines)
+
+
+def write_json(path: Path | None, result: dict[str, Any]) -> None:
+    """Write a benchmark's full result as JSON, when a path was given."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")

@@ -23,14 +23,13 @@ before and after the conversations (machine load drifts), and the medians of bot
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from _report import markdown, mean, median, p90, row
+from _report import markdown, mean, median, p90, row, write_json
 
 import sopagent
 from sopagent.audit import NullSink
@@ -387,9 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     if not result["intents_stable_across_reps"]:
         print(f"intents differed across repetitions: {result['unstable_intents']}", file=sys.stderr)
     print(markdown(result["figures"]))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    write_json(args.json, result)
     return 0
 
 

@@ -21,7 +21,6 @@ import argparse
 import functools
 import gc
 import itertools
-import json
 import os
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _report import markdown, median, row
+from _report import markdown, median, row, write_json
 from transitions import Machine
 
 import sopagent
@@ -464,9 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result = run(quick=args.quick)
     print(markdown(result["figures"]))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    write_json(args.json, result)
     return 0
 
 

@@ -93,13 +93,11 @@ class _Builder:
             raise _DepthError(node)
         self.marks[at] = _location(self.path, node.start_mark)
         if isinstance(node, yaml.MappingNode | yaml.SequenceNode) and node.tag not in _PLAIN:
-            self.problems.append(
-                Problem(
-                    "SOP002",
-                    f"unsupported YAML tag {node.tag!r}",
-                    _location(self.path, node.start_mark),
-                    hint="only plain scalars, mappings and lists are allowed",
-                )
+            self._problem(
+                "SOP002",
+                f"unsupported YAML tag {node.tag!r}",
+                node,
+                hint="only plain scalars, mappings and lists are allowed",
             )
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, at, depth)
@@ -108,39 +106,32 @@ class _Builder:
         assert isinstance(node, yaml.ScalarNode)
         return self._scalar(node)
 
+    def _problem(self, code: str, message: str, node: yaml.Node, hint: str = "") -> None:
+        self.problems.append(Problem(code, message, _location(self.path, node.start_mark), hint))
+
     def _mapping(self, node: yaml.MappingNode, at: Path_, depth: int) -> dict[Any, Any]:
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
-                self.problems.append(
-                    Problem(
-                        "SOP002",
-                        "merge keys (<<) are not supported",
-                        _location(self.path, key_node.start_mark),
-                        hint="write the keys out",
-                    )
+                self._problem(
+                    "SOP002",
+                    "merge keys (<<) are not supported",
+                    key_node,
+                    hint="write the keys out",
                 )
                 continue
             if not isinstance(key_node, yaml.ScalarNode):
-                self.problems.append(
-                    Problem(
-                        "SOP002",
-                        "mapping keys must be plain scalars",
-                        _location(self.path, key_node.start_mark),
-                    )
-                )
+                self._problem("SOP002", "mapping keys must be plain scalars", key_node)
                 continue
             key = self._scalar(key_node)
             if isinstance(key, bool | float) or key is None:
                 key = key_node.value
             if key in result:
-                self.problems.append(
-                    Problem(
-                        "SOP003",
-                        f"duplicate key {key!r}",
-                        _location(self.path, key_node.start_mark),
-                        hint="each key may appear once in a mapping",
-                    )
+                self._problem(
+                    "SOP003",
+                    f"duplicate key {key!r}",
+                    key_node,
+                    hint="each key may appear once in a mapping",
                 )
                 continue
             self.marks[(*at, key, "<key>")] = _location(self.path, key_node.start_mark)
@@ -168,13 +159,11 @@ class _Builder:
                 return value
         if tag in ("tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:binary"):
             return value
-        self.problems.append(
-            Problem(
-                "SOP002",
-                f"unsupported YAML tag {tag!r}",
-                _location(self.path, node.start_mark),
-                hint="only plain scalars, mappings and lists are allowed",
-            )
+        self._problem(
+            "SOP002",
+            f"unsupported YAML tag {tag!r}",
+            node,
+            hint="only plain scalars, mappings and lists are allowed",
         )
         return value
 
