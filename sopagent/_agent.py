@@ -84,6 +84,7 @@ class _Classified:
     source: Literal["model", "example", "slots", "forced", "none", "error"]
     usage: Usage
     slots: dict[str, str]
+    answered_by: str | None = None
 
 
 class Agent:
@@ -237,7 +238,10 @@ class Agent:
                 invalid = {n: e for n, e in invalid.items() if n in wanted}
                 for name, value in found_slots.items():
                     work.slots[name] = compiled.slot_types[name].to_json(value)
-                accepted = self._route(work, state, classified.intent, found_slots, invalid)
+                unsure = classified.source == "model" and classified.score < state.threshold
+                accepted = self._route(
+                    work, state, classified.intent, found_slots, invalid, unsure=unsure
+                )
             responses = self._render(work, text or "")
             usage = usage + work.usage
         except (BackendError, DecisionError, _RouteFault) as exc:
@@ -285,6 +289,7 @@ class Agent:
             intent=classified.intent,
             score=round(classified.score, 4),
             intent_source=classified.source,
+            answered_by=classified.answered_by,
             accepted=accepted,
             slots={n: slot_types[n].to_json(v) for n, v in found_slots.items()},
             invalid_slots=invalid,
@@ -393,7 +398,8 @@ class Agent:
         score = float(answer.score)
         if not 0.0 <= score <= 1.0:
             raise BackendError(f"score {score} is not in [0, 1]", provider=self.backend.name)
-        return _Classified(answer.intent, score, "model", answer.usage, slots)
+        answered_by = answer.answered_by or self.backend.name
+        return _Classified(answer.intent, score, "model", answer.usage, slots, answered_by)
 
     def _route(
         self,
@@ -402,8 +408,13 @@ class Agent:
         intent: str | None,
         found: dict[str, Any],
         invalid: dict[str, str],
+        unsure: bool = False,
     ) -> bool:
         route = state.routes.get(intent) if intent is not None else None
+        if route is not None and unsure and state.unsure is not None:
+            # The model named an intent but is not sure enough to act on it.
+            self._take(work, state, state.unsure, intent)
+            return False
         if intent is None and found:
             # The message only gave slot values: take the first route that needed them.
             route = next(
@@ -618,6 +629,7 @@ class Agent:
                 "responses": [u.id for u in turn.responses],
                 "response_hashes": [u.hash for u in turn.responses],
                 "backend": self.backend.name,
+                "answered_by": turn.answered_by,
                 "model_calls": turn.model_calls,
                 "prompt_tokens": turn.prompt_tokens,
                 "completion_tokens": turn.completion_tokens,

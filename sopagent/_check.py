@@ -90,6 +90,8 @@ class _Checker:
             self.intent(intent, "global", "on", intent)
             self.route(route, "global", "on", intent)
         self.route(policy.global_.fallback, "global", "fallback")
+        if policy.global_.confidence is not None:
+            self.route(policy.global_.confidence.below, "global", "confidence", "below")
         self.route(policy.global_.error, "global", "error", plain=True)
         if policy.global_.error.to is not None:
             self.error(
@@ -128,6 +130,8 @@ class _Checker:
             self.route(state.filled, *at, "filled")
         if state.fallback is not None:
             self.route(state.fallback, *at, "fallback")
+        if state.confidence is not None:
+            self.route(state.confidence.below, *at, "confidence", "below")
         if state.decide is not None:
             function = self.functions.get(state.decide)
             if function is None:
@@ -230,12 +234,16 @@ class _Checker:
         global_targets = [r.to for r in policy.global_.on.values() if r.to]
         if policy.global_.fallback.to:
             global_targets.append(policy.global_.fallback.to)
+        if policy.global_.confidence is not None and policy.global_.confidence.below.to:
+            global_targets.append(policy.global_.confidence.below.to)
         while stack:
             state = policy.states.get(stack.pop())
             if state is None:
                 continue
             routes = [*state.on.values(), *state.outcomes.values()]
             routes += [r for r in (state.filled, state.fallback) if r is not None]
+            if state.confidence is not None:
+                routes.append(state.confidence.below)
             targets = [r.to for r in routes if r.to]
             if state.globals and not state.terminal and state.decide is None:
                 targets += global_targets

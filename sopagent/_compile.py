@@ -64,6 +64,8 @@ class CompiledState:
     routes: dict[str, CompiledRoute]
     filled: CompiledRoute | None
     fallback: CompiledRoute
+    threshold: float
+    unsure: CompiledRoute | None
     decide: DecisionFunction | None
     decide_name: str | None
     outcomes: dict[str, CompiledRoute]
@@ -121,7 +123,7 @@ class CompiledPolicy:
         for state in self.states.values():
             routes = [*state.routes.values(), *state.outcomes.values()]
             if state.kind == "wait":
-                routes += [r for r in (state.filled, state.fallback) if r is not None]
+                routes += [r for r in (state.filled, state.fallback, state.unsure) if r is not None]
             seen: set[str] = set()
             for route in routes:
                 if route.to is None or route.trigger in seen:
@@ -197,6 +199,7 @@ def compile_policy(policy: Policy, catalog: Catalog | None = None) -> CompiledPo
         )
     states: dict[str, CompiledState] = {}
     for name, state in policy.states.items():
+        confidence = state.confidence or policy.global_.confidence
         if state.terminal:
             kind: Literal["wait", "decide", "terminal"] = "terminal"
         elif state.decide is not None:
@@ -235,6 +238,8 @@ def compile_policy(policy: Policy, catalog: Catalog | None = None) -> CompiledPo
             routes=routes,
             filled=_route("filled", state.filled) if state.filled else None,
             fallback=_route("fallback", state.fallback) if state.fallback else fallback,
+            threshold=confidence.threshold if confidence and kind == "wait" else 0.0,
+            unsure=_route("unsure", confidence.below) if confidence and kind == "wait" else None,
             decide=functions.get(state.decide) if state.decide else None,
             decide_name=state.decide,
             outcomes={o: _route(f"outcome:{o}", r) for o, r in state.outcomes.items()},

@@ -21,6 +21,7 @@ from sopagent.errors import Location
 __all__ = [
     "BooleanSlot",
     "Catalog",
+    "Confidence",
     "DateSlot",
     "DecimalSlot",
     "EnumSlot",
@@ -206,6 +207,16 @@ class Route(_Model):
         return value
 
 
+class Confidence(_Model):
+    """What to do when the model is unsure: its score for the intent is below ``threshold``."""
+
+    threshold: float = Field(ge=0.0, le=1.0, description="Lowest score acted upon.")
+    below: Route = Field(
+        description="Taken instead of the intent's route when the score is lower, e.g. a"
+        " clarifying question."
+    )
+
+
 class State(_Model):
     """A step of the procedure.
 
@@ -228,6 +239,9 @@ class State(_Model):
     )
     fallback: Route | None = Field(
         default=None, description="Overrides the global fallback in this state."
+    )
+    confidence: Confidence | None = Field(
+        default=None, description="Overrides the global confidence rule in this state."
     )
     decide: Identifier | None = Field(default=None, description="Decision function to run.")
     outcomes: dict[Identifier, Route] = Field(
@@ -263,6 +277,10 @@ class GlobalRoutes(_Model):
     fallback: Route = Field(description="What happens when the input matches nothing here.")
     error: Route = Field(
         description="Said when a backend or decision function fails; the session is kept."
+    )
+    confidence: Confidence | None = Field(
+        default=None,
+        description="Below this score the model's intent is not acted upon (model answers only).",
     )
 
 

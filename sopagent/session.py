@@ -95,7 +95,10 @@ class Turn(BaseModel):
     intent: str | None
     score: float
     intent_source: Literal["model", "example", "slots", "forced", "none", "error"]
-    accepted: bool = Field(description="Whether the intent had a route in the state.")
+    answered_by: str | None = Field(
+        default=None, description="The backend whose answer was used, when a model answered."
+    )
+    accepted: bool = Field(description="Whether the intent's route was taken.")
     slots: dict[str, JSONValue] = Field(description="Valid slot values found this turn.")
     invalid_slots: dict[str, str] = Field(default_factory=dict)
     decisions: tuple[DecisionRecord, ...] = ()

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from sopagent import Agent, MemorySink, ScriptedBackend, load_agent
+from sopagent.backends import Choice, ChooseRequest, Classification, ClassifyRequest, Usage
 
 ROOT = Path(__file__).resolve().parent.parent
 REFUND_POLICY = ROOT / "policies" / "refund.yaml"
@@ -151,3 +152,19 @@ def refund_agent(reset_refunds: None) -> Callable[..., Agent]:
         return load_agent(REFUND_POLICY, backend=backend, audit=MemorySink())
 
     return make
+
+
+class FixedBackend:
+    """Answers every classification with one label and one score."""
+
+    name = "fixed"
+
+    def __init__(self, intent: str, score: float) -> None:
+        self.intent = intent
+        self.score = score
+
+    def classify(self, request: ClassifyRequest) -> Classification:
+        return Classification(self.intent, self.score, {self.intent: self.score}, {}, Usage(1))
+
+    def choose(self, request: ChooseRequest) -> Choice:
+        return Choice(request.options[0].name, 1.0, Usage(1))

@@ -87,6 +87,8 @@ class Classification:
     scores: Mapping[str, float] = field(default_factory=dict)
     slots: Mapping[str, str] = field(default_factory=dict)
     usage: Usage = Usage()
+    answered_by: str = ""
+    """Which backend answered, when one backend delegates to others (`cascade`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +108,7 @@ class Choice:
     response: str
     score: float
     usage: Usage = Usage()
+    answered_by: str = ""
 
 
 @runtime_checkable
