@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -61,6 +62,7 @@ class BackendName(StrEnum):
 
     embedded = "embedded"
     scripted = "scripted"
+    openai = "openai"
 
 
 class GraphFormat(StrEnum):
@@ -75,7 +77,9 @@ BackendOpt = Annotated[
     BackendName | None,
     typer.Option(
         "--backend",
-        help="Model backend: embedded (the offline model, default) or scripted (--script).",
+        help="Model backend: embedded (the offline model, default), scripted (--script), or"
+        " openai (any OpenAI-compatible server: OPENAI_BASE_URL, OPENAI_API_KEY,"
+        " SOPAGENT_OPENAI_MODEL, SOPAGENT_OPENAI_DIALECT=openai|llamacpp).",
         show_default=False,
     ),
 ]
@@ -253,7 +257,33 @@ def _backend(name: BackendName | None, script: Path | None, compiled: CompiledPo
         return _scripted_backend(script, compiled)
     if script is not None:
         raise typer.BadParameter("--script is for --backend scripted", param_hint="--script")
+    if name is BackendName.openai:
+        return _openai_backend()
     return _embedded_backend()
+
+
+def _openai_backend() -> Backend:
+    """The OpenAI-compatible backend, configured by the environment like the OpenAI SDK."""
+    model = os.environ.get("SOPAGENT_OPENAI_MODEL")
+    if not model:
+        raise typer.BadParameter(
+            "set SOPAGENT_OPENAI_MODEL to the model name the server knows", param_hint="--backend"
+        )
+    dialect = os.environ.get("SOPAGENT_OPENAI_DIALECT", "openai")
+    if dialect not in ("openai", "llamacpp"):
+        raise typer.BadParameter(
+            f"SOPAGENT_OPENAI_DIALECT is {dialect!r}; use openai or llamacpp",
+            param_hint="--backend",
+        )
+    try:
+        import openai  # noqa: PLC0415 (optional dependency)
+
+        from sopagent.backends.openai import from_openai  # noqa: PLC0415
+    except ImportError:
+        _err("error: the openai backend needs the OpenAI SDK: pip install 'sopagent[openai]'")
+        raise typer.Exit(3) from None
+    client = openai.OpenAI(api_key=os.environ.get("OPENAI_API_KEY") or "unused")
+    return from_openai(client, model=model, dialect=dialect)  # type: ignore[arg-type]
 
 
 @dataclass

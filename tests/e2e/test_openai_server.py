@@ -6,6 +6,7 @@ HTTP with the ``openai`` SDK, exactly as it would reach vLLM, Ollama or OpenAI i
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -172,3 +173,35 @@ def test_refund_opener_on_the_openai_api(reset_refunds: None) -> None:
     assert turn.intent == "request_refund"
     assert turn.state_after == "ask_order"
     assert turn.prompt_tokens > 0
+
+
+def test_cli_runs_a_conversation_through_the_server(
+    server: tuple[str, str], tmp_path: Path, reset_refunds: None
+) -> None:
+    """`sopagent run --backend openai` talks to the server named by OPENAI_BASE_URL."""
+    base_url, model = server
+    conversation = tmp_path / "conversation.jsonl"
+    conversation.write_text(
+        '{"text": "my parcel arrived broken and I want my money back"}\n{"text": "10001"}\n'
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    env.update(
+        OPENAI_BASE_URL=base_url,
+        OPENAI_API_KEY="local",
+        SOPAGENT_OPENAI_MODEL=model,
+        SOPAGENT_OPENAI_DIALECT="llamacpp",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "sopagent", "run", "policies/refund.yaml",
+         "--input", conversation, "--json", "--backend", "openai"],
+        cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True,
+        timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    opening, first, second = (json.loads(line) for line in result.stdout.splitlines())
+    assert opening["response_ids"] == ["greet"]
+    assert first["intent"] == "request_refund"
+    assert first["intent_source"] == "model"
+    assert first["answered_by"] == "openai"
+    assert first["error"] is None
+    assert second["state_after"] == "confirm_refund"
