@@ -267,6 +267,11 @@ class Agent:
             session.started = True
         if text is not None:
             session.turns += 1
+        spent = session.usage
+        spent.model_calls += usage.calls
+        spent.prompt_tokens += usage.prompt_tokens
+        spent.completion_tokens += usage.completion_tokens
+        spent.cached_tokens += usage.cached_tokens
         index = session.turns if text is not None else 0
         session.history.append(
             SessionTurn(

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sopagent.errors import SessionError
 
-__all__ = ["DecisionRecord", "Session", "SessionTurn", "Turn", "Utterance"]
+__all__ = ["DecisionRecord", "Session", "SessionTurn", "SessionUsage", "Turn", "Utterance"]
 
 JSONValue = Any
 
@@ -23,6 +23,15 @@ class SessionTurn(BaseModel):
     intent: str | None = None
     state: str = Field(description="State after the turn.")
     responses: tuple[str, ...] = ()
+
+
+class SessionUsage(BaseModel):
+    """What a conversation has cost so far, for billing and budgets per conversation."""
+
+    model_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
 
 
 class Session(BaseModel):
@@ -43,6 +52,7 @@ class Session(BaseModel):
     slots: dict[str, JSONValue] = Field(default_factory=dict)
     facts: dict[str, JSONValue] = Field(default_factory=dict)
     history: list[SessionTurn] = Field(default_factory=list)
+    usage: SessionUsage = Field(default_factory=SessionUsage)
 
     def to_json(self) -> str:
         """Serialize to compact JSON."""

@@ -87,3 +87,15 @@ def test_turn_and_audit_record_which_backend_answered(reset_refunds: None) -> No
     assert sink.events[-1]["answered_by"] == "large"
     assert sink.events[-1]["backend"] == "cascade"
     assert session.state == "closed"
+
+
+def test_session_adds_up_what_each_turn_cost(reset_refunds: None) -> None:
+    """The session's usage is the sum of its turns' model calls and tokens."""
+    backend = cascade(named("small", "request_refund", 0.2), named("large", "greet", 0.9), 0.5)
+    agent = load_agent("policies/refund.yaml", backend=backend, audit=MemorySink())
+    session = agent.new_session()
+    agent.start(session)
+    turns = [agent.respond(session, text) for text in ("hmm well", "hello", "so then")]
+    assert session.usage.model_calls == sum(t.model_calls for t in turns) == 4
+    restored = type(session).from_json(session.to_json())
+    assert restored.usage == session.usage
