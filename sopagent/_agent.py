@@ -100,6 +100,9 @@ class Agent:
         audit_key: key of the HMAC that masks personal slots in audit events; the same key
             masks the same value the same way, so events can be joined without revealing it.
             By default a random key per agent.
+        audit_text: whether audit events carry what the user wrote (needed to turn audit
+            logs into evaluation and fine-tuning data; switch off where text may hold
+            personal data).
     """
 
     def __init__(
@@ -109,9 +112,11 @@ class Agent:
         *,
         audit: AuditSink | None = None,
         audit_key: bytes | None = None,
+        audit_text: bool = True,
     ) -> None:
         self.compiled = compiled
         self._audit_key = audit_key if audit_key is not None else os.urandom(32)
+        self._audit_text = audit_text
         self.backend = backend
         self.audit: AuditSink = audit if audit is not None else StructlogSink()
         self._machine = compiled.machine
@@ -621,6 +626,7 @@ class Agent:
                 "policy_hash": self.compiled.hash,
                 "session_id": session.id,
                 "turn": turn.index,
+                "text": turn.user_text if self._audit_text else None,
                 "state_before": turn.state_before,
                 "state_after": turn.state_after,
                 "path": list(turn.path),

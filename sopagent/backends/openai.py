@@ -42,7 +42,7 @@ from sopagent.errors import BackendError
 if TYPE_CHECKING:
     import openai
 
-__all__ = ["Dialect", "OpenAIBackend", "from_openai"]
+__all__ = ["Dialect", "OpenAIBackend", "from_openai", "system_message"]
 
 Dialect = Literal["openai", "llamacpp"]
 """How a server takes a JSON Schema for structured output; see the module docstring."""
@@ -296,6 +296,11 @@ def _classify_prompt(request: ClassifyRequest) -> _Prompt:
             raise BackendError(f"slot {slot!r} clashes with the intent field", provider="openai")
         properties[slot] = [value.name for value in values]
     return _build("\n".join(lines), properties, _INTENT)
+
+
+def system_message(request: ClassifyRequest) -> str:
+    """Return the system message `OpenAIBackend.classify` sends for ``request``."""
+    return _classify_prompt(request).system
 
 
 def _choose_prompt(request: ChooseRequest) -> _Prompt:
