@@ -18,7 +18,10 @@ from sopagent.backends import Backend
 from sopagent.backends._scripted import ScriptedBackend
 from sopagent.decisions import Context, Outcome, decision
 from sopagent.errors import (
+    BackendAnswerError,
     BackendError,
+    BackendTimeout,
+    BackendUnavailable,
     DecisionError,
     PolicyError,
     PolicyLoadError,
@@ -36,7 +39,10 @@ __all__ = [
     "Agent",
     "AuditSink",
     "Backend",
+    "BackendAnswerError",
     "BackendError",
+    "BackendTimeout",
+    "BackendUnavailable",
     "Catalog",
     "CompiledPolicy",
     "Context",

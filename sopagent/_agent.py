@@ -101,8 +101,8 @@ class Agent:
             masks the same value the same way, so events can be joined without revealing it.
             By default a random key per agent.
         audit_text: whether audit events carry what the user wrote (needed to turn audit
-            logs into evaluation and fine-tuning data; switch off where text may hold
-            personal data).
+            logs into evaluation and fine-tuning data). Text said in a state that collects a
+            slot marked personal is never logged.
     """
 
     def __init__(
@@ -615,6 +615,14 @@ class Agent:
         work.usage = work.usage + answer.usage
         return answer.response
 
+    def _audited_text(self, turn: Turn) -> str | None:
+        """The user's text for the audit log, unless it may hold a personal slot value."""
+        if not self._audit_text or turn.user_text is None:
+            return None
+        if self._personal.intersection(self.compiled.states[turn.state_before].collect):
+            return None
+        return turn.user_text
+
     def _emit(self, session: Session, turn: Turn, allowed: frozenset[str]) -> None:
         slots = {
             name: _mask(self._audit_key, value) if name in self._personal else value
@@ -626,7 +634,7 @@ class Agent:
                 "policy_hash": self.compiled.hash,
                 "session_id": session.id,
                 "turn": turn.index,
-                "text": turn.user_text if self._audit_text else None,
+                "text": self._audited_text(turn),
                 "state_before": turn.state_before,
                 "state_after": turn.state_after,
                 "path": list(turn.path),

@@ -7,6 +7,9 @@ Two families, one for mistakes in what an author wrote and one for faults at run
     │   └── PolicyLoadError       a policy, catalog or conversation file could not be loaded
     └── RuntimeFault              faults while a conversation runs
         ├── BackendError          the model backend failed, timed out or answered off-schema
+        │   ├── BackendTimeout        a call did not finish in time
+        │   ├── BackendUnavailable    connection error, HTTP 5xx or 429, or an open circuit
+        │   └── BackendAnswerError    a refusal, a truncated, off-schema or invalid JSON answer
         ├── DecisionError         a decision function raised or broke its declared contract
         └── SessionError          a session does not belong to this agent or cannot be restored
 
@@ -19,7 +22,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "BackendAnswerError",
     "BackendError",
+    "BackendTimeout",
+    "BackendUnavailable",
     "DecisionError",
     "Location",
     "PolicyError",
@@ -115,6 +121,18 @@ class BackendError(RuntimeFault):
         super().__init__(message)
         self.provider = provider
         self.retryable = retryable
+
+
+class BackendTimeout(BackendError):  # noqa: N818 (named by what happened)
+    """A backend call did not finish in time; usually ``retryable``."""
+
+
+class BackendUnavailable(BackendError):  # noqa: N818 (named by what happened)
+    """The backend cannot be reached: connection error, HTTP 5xx or 429, or an open circuit."""
+
+
+class BackendAnswerError(BackendError):
+    """The backend answered unusably: a refusal, or a truncated, off-schema or bad JSON answer."""
 
 
 class DecisionError(RuntimeFault):

@@ -37,7 +37,12 @@ from sopagent.backends import (
     Usage,
 )
 from sopagent.backends._prompt import one_line
-from sopagent.errors import BackendError
+from sopagent.errors import (
+    BackendAnswerError,
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+)
 
 if TYPE_CHECKING:
     import openai
@@ -178,25 +183,25 @@ class OpenAIBackend:
         except openai.APIStatusError as exc:
             raise self._status_error(exc) from exc
         except openai.APITimeoutError as exc:
-            raise BackendError(
+            raise BackendTimeout(
                 f"request timed out after {self.timeout} s", provider=self.name, retryable=True
             ) from exc
         except openai.APIConnectionError as exc:
-            raise BackendError(
+            raise BackendUnavailable(
                 f"cannot reach the server: {exc}", provider=self.name, retryable=True
             ) from exc
         except openai.OpenAIError as exc:
             raise BackendError(f"request failed: {exc}", provider=self.name) from exc
         usage = _usage(response)
         if not response.choices:
-            raise BackendError("the server answered no choice", provider=self.name)
+            raise BackendAnswerError("the server answered no choice", provider=self.name)
         choice = response.choices[0]
         message = choice.message
         refusal = getattr(message, "refusal", None)
         if refusal:
-            raise BackendError(f"the model refused: {one_line(refusal)}", provider=self.name)
+            raise BackendAnswerError(f"the model refused: {one_line(refusal)}", provider=self.name)
         if choice.finish_reason == "length":
-            raise BackendError(
+            raise BackendAnswerError(
                 f"the answer was cut at {max_tokens} tokens (finish_reason 'length')",
                 provider=self.name,
             )
@@ -204,7 +209,7 @@ class OpenAIBackend:
         try:
             answer = prompt.validator.model_validate_json(content).model_dump()
         except pydantic.ValidationError as exc:
-            raise BackendError(
+            raise BackendAnswerError(
                 f"answer {one_line(content)!r} does not follow the schema: "
                 f"{one_line(str(exc.errors(include_url=False)))}",
                 provider=self.name,
@@ -220,8 +225,9 @@ class OpenAIBackend:
         text = one_line(str(exc.message))
         if self.dialect == "openai" and ("json_object" in text or "'text'" in text):
             return BackendError(f"{_MISMATCH} (HTTP {status}: {text})", provider=self.name)
-        retryable = status in (408, 409, 429) or status >= 500
-        return BackendError(f"HTTP {status}: {text}", provider=self.name, retryable=retryable)
+        if status in (408, 409, 429) or status >= 500:
+            return BackendUnavailable(f"HTTP {status}: {text}", provider=self.name, retryable=True)
+        return BackendError(f"HTTP {status}: {text}", provider=self.name)
 
 
 def from_openai(
