@@ -181,6 +181,55 @@ class Agent:
             raise ValueError(f"unknown intent {intent!r}")
         return self._turn(session, text, intent)
 
+    def classify(self, session: Session, text: str) -> Turn:
+        """Return what the agent understands of ``text`` in the session's state, and nothing more.
+
+        Slot values are found and the intent is classified exactly as `respond` would, but no
+        route is taken, no decision function runs, nothing is said or audited, and the session
+        is left as it is. For evaluation and review.
+
+        Raises:
+            SessionError: the session belongs to another policy or is not in a waiting state.
+        """
+        started = time.perf_counter()
+        compiled = self.compiled
+        state = compiled.states.get(session.state)
+        if session.policy_hash != compiled.hash or state is None or state.kind != "wait":
+            raise SessionError(f"session {session.id} is not waiting for input in this policy")
+        text = text[:_MAX_INPUT]
+        found, taken = self._extract(state, text)
+        slots = {n: f.value for n, f in found.items() if f.error is None}
+        error: str | None = None
+        try:
+            classified = self._classify(state, text, None, slots, taken)
+        except BackendError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            classified = _Classified(None, 0.0, "error", Usage(calls=1), {})
+        usage = classified.usage
+        return Turn(
+            session_id=session.id,
+            index=session.turns,
+            user_text=text,
+            state_before=session.state,
+            state_after=session.state,
+            path=(),
+            intent=classified.intent,
+            score=round(classified.score, 4),
+            intent_source=classified.source,
+            answered_by=classified.answered_by,
+            accepted=classified.intent in state.routes,
+            slots={n: compiled.slot_types[n].to_json(v) for n, v in slots.items()},
+            invalid_slots={n: f.error for n, f in found.items() if f.error is not None},
+            responses=(),
+            model_calls=usage.calls,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cached_tokens=usage.cached_tokens,
+            latency_ms=round((time.perf_counter() - started) * 1000, 3),
+            error=error,
+            ended=session.ended,
+        )
+
     # -- the turn --------------------------------------------------------------------------------
 
     def _turn(self, session: Session, text: str | None, forced: str | None) -> Turn:

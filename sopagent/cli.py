@@ -6,7 +6,8 @@ Commands:
 * ``run POLICY --input FILE``: replay a conversation file, one user message per line;
 * ``check POLICY...``: report every problem of policies, catalogs and decision modules;
 * ``schema``: write the JSON Schemas of the policy and catalog formats;
-* ``graph POLICY``: print the compiled state machine as Mermaid or Graphviz.
+* ``graph POLICY``: print the compiled state machine as Mermaid or Graphviz;
+* ``eval POLICY --data FILE``: intent accuracy, F1, calibration and cost on labelled examples.
 
 Exit codes: 0 success, 2 authoring or usage errors (`sopagent.errors.PolicyError`, bad
 options, malformed input files), 3 run-time faults (`sopagent.errors.RuntimeFault`, the
@@ -752,6 +753,240 @@ def graph(
         compiled = _compile(policy)
         render = _mermaid if output_format is GraphFormat.mermaid else _dot
         sys.stdout.write(render(compiled))
+
+
+# --- eval ------------------------------------------------------------------------------------
+
+if TYPE_CHECKING:
+    from sopagent._eval import Example
+
+
+def _read_examples(path: Path, compiled: CompiledPolicy, default_state: str) -> list[Example]:
+    """Parse and validate every line of a labelled data file before anything runs."""
+    from sopagent._eval import Example  # noqa: PLC0415
+
+    name = str(path)
+    try:
+        content = path.read_bytes().decode("utf-8-sig")
+    except OSError as exc:
+        raise PolicyLoadError(
+            [Problem("SOP001", f"cannot read file: {exc.strerror}", Location(name))]
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise PolicyLoadError(
+            [Problem("SOP001", "file is not valid UTF-8", Location(name, 1, 1))]
+        ) from exc
+    labels = set(_labels(compiled))
+    waiting = [n for n, s in compiled.states.items() if s.kind == "wait"]
+    examples: list[Example] = []
+    problems: list[Problem] = []
+    shape = 'a line is a JSON object {"text": ..., "intent": ..., "state": ...}'
+    for number, line in enumerate(content.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append(
+                Problem("SOP001", f"invalid JSON: {exc.msg}", Location(name, number, exc.colno))
+            )
+            continue
+        at = Location(name, number, 1)
+        if not isinstance(item, dict):
+            problems.append(Problem("SOP010", shape, at))
+            continue
+        extra = sorted(set(item) - {"text", "intent", "state"})
+        if extra:
+            problems.append(
+                Problem(
+                    "SOP011", f"unknown key {extra[0]!r}", at, hint='use "text", "intent", "state"'
+                )
+            )
+        text, intent = item.get("text"), item.get("intent")
+        state = item.get("state", default_state)
+        ok = not extra
+        if not isinstance(text, str) or not text.strip():
+            problems.append(Problem("SOP010", '"text" must be a non-empty string', at))
+            ok = False
+        if not isinstance(intent, str) or intent not in labels:
+            problem = _unknown_intent(intent, compiled, at)
+            if intent is None:
+                problem = Problem("SOP010", '"intent" (the expected label) is required', at)
+            problems.append(problem)
+            ok = False
+        if not isinstance(state, str) or compiled.states.get(state) is None:
+            close = difflib.get_close_matches(str(state), waiting, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"one of {', '.join(waiting)}"
+            problems.append(Problem("SOP020", f"unknown state {state!r}", at, hint=hint))
+            ok = False
+        elif compiled.states[state].kind != "wait":
+            problems.append(
+                Problem(
+                    "SOP020",
+                    f"state {state!r} does not wait for the user",
+                    at,
+                    hint=f"one of {', '.join(waiting)}",
+                )
+            )
+            ok = False
+        if ok and isinstance(text, str) and isinstance(intent, str) and isinstance(state, str):
+            examples.append(Example(text, intent, state, number))
+    if not problems and not examples:
+        problems.append(Problem("SOP010", "no examples", Location(name)))
+    if problems:
+        raise PolicyLoadError(problems)
+    return examples
+
+
+def _eval_backends(
+    names: Sequence[BackendName] | None, script: Path | None, compiled: CompiledPolicy
+) -> list[Backend]:
+    """The backends to compare, in the order given; --script goes to the scripted one."""
+    chosen = list(dict.fromkeys(names or ()))
+    if not chosen:
+        chosen = [BackendName.scripted if script is not None else BackendName.embedded]
+    if script is not None and BackendName.scripted not in chosen:
+        raise typer.BadParameter("--script is for --backend scripted", param_hint="--script")
+    return [
+        _backend(name, script if name is BackendName.scripted else None, compiled)
+        for name in chosen
+    ]
+
+
+def _eval_table(console: Console, results: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+    from rich.table import Table  # noqa: PLC0415
+
+    def show(value: object) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, dict):
+            return ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
+        return str(value)
+
+    rows = [
+        ("examples", "examples"),
+        ("correct", "correct"),
+        ("accuracy", "accuracy"),
+        ("macro-F1", "macro_f1"),
+        ("out-of-scope precision", "oos_precision"),
+        ("out-of-scope recall", "oos_recall"),
+        ("ECE (model-answered)", "ece"),
+        ("model-answered", "model_answered"),
+        ("no intent (slots only)", "no_intent"),
+        ("error routes", "errors"),
+        ("without a model call", "without_model_call"),
+        ("  by source", "without_model_call_by_source"),
+        ("model calls / example", "model_calls_mean"),
+        ("prompt tokens / example", "prompt_tokens_mean"),
+        ("completion tokens / example", "completion_tokens_mean"),
+        ("latency median (ms)", "latency_ms_median"),
+        ("latency p90 (ms)", "latency_ms_p90"),
+        ("answered by", "answered_by"),
+    ]
+    table = Table(title="intent classification")
+    table.add_column("figure")
+    for name, _ in results:
+        table.add_column(name, justify="right")
+    for title, key in rows:
+        table.add_row(title, *(show(figures.get(key)) for _, figures in results))
+    console.print(table)
+    for name, figures in results:
+        mistakes = figures["confusions"]
+        if not mistakes:
+            continue
+        confusion = Table(title=f"top confusions: {name}")
+        confusion.add_column("expected")
+        confusion.add_column("predicted")
+        confusion.add_column("count", justify="right")
+        for item in mistakes:
+            confusion.add_row(item["expected"], item["predicted"], str(item["count"]))
+        console.print(confusion)
+
+
+@app.command(name="eval")
+def evaluate(
+    policy: PolicyArg,
+    *,
+    data: Annotated[
+        Path,
+        typer.Option(
+            "--data",
+            "-d",
+            metavar="FILE",
+            help='Labelled examples as JSON lines: {"text": ..., "intent": expected label,'
+            ' "state": optional state to classify in}.',
+            show_default=False,
+        ),
+    ],
+    backend: Annotated[
+        list[BackendName] | None,
+        typer.Option(
+            "--backend",
+            metavar="NAME",
+            help="Model backend to evaluate: embedded (default), scripted (--script) or openai."
+            " Repeat to compare several side by side.",
+            show_default=False,
+        ),
+    ] = None,
+    script: ScriptOpt = None,
+    state: Annotated[
+        str | None,
+        typer.Option(
+            "--state",
+            help="State for examples that name none (default: the policy's initial state).",
+            show_default=False,
+        ),
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print every figure as one JSON object.")
+    ] = False,
+) -> None:
+    """Measure intent classification on labelled examples: accuracy, F1, calibration, cost.
+
+    Each example is classified in a fresh session placed in its state.
+    """
+    from sopagent._agent import Agent  # noqa: PLC0415
+    from sopagent._eval import outcome, summarize  # noqa: PLC0415
+
+    with _reporting():
+        compiled = _compile(policy)
+        default_state = compiled.policy.initial if state is None else state
+        if state is not None and compiled.states.get(state) is None:
+            raise typer.BadParameter(f"unknown state {state!r}", param_hint="--state")
+        examples = _read_examples(data, compiled, default_state)
+        backends = _eval_backends(backend, script, compiled)
+
+        from rich.console import Console  # noqa: PLC0415
+        from rich.progress import Progress  # noqa: PLC0415
+
+        progress_console = Console(stderr=True)
+        results: list[tuple[str, dict[str, Any]]] = []
+        with Progress(
+            console=progress_console, transient=True, disable=not progress_console.is_terminal
+        ) as progress:
+            for model in backends:
+                agent = Agent(compiled, model, audit=_NullSink())
+                task = progress.add_task(f"{model.name}", total=len(examples))
+                outcomes = []
+                for example in examples:
+                    session = agent.new_session()
+                    session.state = example.state
+                    session.started = True
+                    turn = agent.classify(session, example.text)
+                    outcomes.append(outcome(example.intent, turn))
+                    progress.advance(task)
+                results.append((model.name, summarize(outcomes)))
+        if json_output:
+            document = {
+                "policy": compiled.name,
+                "policy_hash": compiled.hash,
+                "data": str(data),
+                "examples": len(examples),
+                "backends": [{"backend": name, **figures} for name, figures in results],
+            }
+            typer.echo(json.dumps(document, indent=2))
+        else:
+            _eval_table(_console(), results)
 
 
 # --- entry point -----------------------------------------------------------------------------

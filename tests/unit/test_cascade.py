@@ -99,3 +99,23 @@ def test_session_adds_up_what_each_turn_cost(reset_refunds: None) -> None:
     assert session.usage.model_calls == sum(t.model_calls for t in turns) == 4
     restored = type(session).from_json(session.to_json())
     assert restored.usage == session.usage
+
+
+def test_classify_understands_without_acting(reset_refunds: None) -> None:
+    """Agent.classify reports intent and slots, and takes no route, runs nothing, logs nothing."""
+    sink = MemorySink()
+    agent = load_agent(
+        "policies/refund.yaml", backend=named("m", "provide_order_id", 0.8), audit=sink
+    )
+    session = agent.new_session()
+    agent.start(session)
+    before = session.to_json()
+    events = len(sink.events)
+    turn = agent.classify(session, "it is the one with number 10001, thanks a lot")
+    assert (turn.intent, turn.intent_source, turn.answered_by) == ("provide_order_id", "model", "m")
+    assert turn.slots == {"order_id": "10001"}
+    assert turn.accepted is True
+    assert turn.decisions == ()
+    assert turn.responses == ()
+    assert session.to_json() == before
+    assert len(sink.events) == events
