@@ -7,7 +7,9 @@ Commands:
 * ``check POLICY...``: report every problem of policies, catalogs and decision modules;
 * ``schema``: write the JSON Schemas of the policy and catalog formats;
 * ``graph POLICY``: print the compiled state machine as Mermaid or Graphviz;
-* ``eval POLICY --data FILE``: intent accuracy, F1, calibration and cost on labelled examples.
+* ``eval POLICY --data FILE``: intent accuracy, F1, calibration and cost on labelled examples;
+* ``export-labels AUDIT...``: labelled examples from audit logs, to review and evaluate on;
+* ``export-finetune POLICY --data FILE``: OpenAI chat fine-tuning data from labelled examples.
 
 Exit codes: 0 success, 2 authoring or usage errors (`sopagent.errors.PolicyError`, bad
 options, malformed input files), 3 run-time faults (`sopagent.errors.RuntimeFault`, the
@@ -22,7 +24,7 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from enum import StrEnum
@@ -987,6 +989,87 @@ def evaluate(
             typer.echo(json.dumps(document, indent=2))
         else:
             _eval_table(_console(), results)
+
+
+# --- export ----------------------------------------------------------------------------------
+
+
+def _write_lines(records: Iterable[Mapping[str, Any]], out: Path | None) -> int:
+    lines = [json.dumps(record, ensure_ascii=False) + "\n" for record in records]
+    if out is None:
+        sys.stdout.write("".join(lines))
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("".join(lines), encoding="utf-8")
+    return len(lines)
+
+
+def _audit_events(paths: Sequence[Path]) -> list[dict[str, Any]]:
+    """Read JSON-lines audit logs; a line that is not a JSON object is reported and stops."""
+    events: list[dict[str, Any]] = []
+    problems: list[Problem] = []
+    for path in paths:
+        try:
+            content = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PolicyLoadError(
+                [Problem("SOP001", f"cannot read audit log: {exc}", Location(str(path)))]
+            ) from exc
+        for number, line in enumerate(content.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError as exc:
+                where = Location(str(path), number, exc.colno)
+                problems.append(Problem("SOP001", f"invalid JSON: {exc.msg}", where))
+                continue
+            if isinstance(event, dict):
+                events.append(event)
+    if problems:
+        raise PolicyLoadError(problems)
+    return events
+
+
+OutOpt = Annotated[
+    Path | None,
+    typer.Option("--out", "-o", help="Write here instead of standard output.", show_default=False),
+]
+
+
+@app.command("export-labels")
+def export_labels(
+    audit: Annotated[
+        list[Path], typer.Argument(help="JSON-lines audit logs (--audit).", show_default=False)
+    ],
+    out: OutOpt = None,
+) -> None:
+    """Turn audit logs into labelled examples ({"text", "intent", "state"} lines) to review."""
+    from sopagent._export import labeled_turns  # noqa: PLC0415
+
+    with _reporting():
+        count = _write_lines(labeled_turns(_audit_events(audit)), out)
+        _err(f"{count} labelled turn{'s' if count != 1 else ''}")
+
+
+@app.command("export-finetune")
+def export_finetune(
+    policy: PolicyArg,
+    data: Annotated[
+        Path,
+        typer.Option("--data", "-d", help="Labelled examples (JSON lines).", show_default=False),
+    ],
+    out: OutOpt = None,
+) -> None:
+    """Turn reviewed examples into OpenAI chat fine-tuning JSONL for the policy's classifier."""
+    from sopagent._export import fine_tuning_records  # noqa: PLC0415
+
+    with _reporting():
+        compiled = _compile(policy)
+        examples = _read_examples(data, compiled, compiled.policy.initial)
+        rows = [{"text": e.text, "intent": e.intent, "state": e.state} for e in examples]
+        count = _write_lines(fine_tuning_records(compiled, rows), out)
+        _err(f"{count} fine-tuning record{'s' if count != 1 else ''}")
 
 
 # --- entry point -----------------------------------------------------------------------------
