@@ -454,8 +454,14 @@ class _Message:
     intent: str | None
 
 
-def _read_conversation(path: Path, compiled: CompiledPolicy) -> list[_Message]:
-    """Parse and validate every line of a conversation file before anything runs."""
+def _json_lines(path: Path) -> tuple[str, list[tuple[int, Any]], list[Problem]]:
+    """Read a JSON-lines file (``-`` is standard input): its name, parsed lines, problems.
+
+    Blank lines are skipped; a line that is not JSON becomes a problem at ``file:line:col``.
+
+    Raises:
+        PolicyLoadError: the file cannot be read or is not UTF-8.
+    """
     name = "<stdin>" if str(path) == "-" else str(path)
     try:
         raw = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
@@ -470,20 +476,26 @@ def _read_conversation(path: Path, compiled: CompiledPolicy) -> list[_Message]:
         raise PolicyLoadError(
             [Problem("SOP001", "file is not valid UTF-8", Location(name, line, 1))]
         ) from exc
-    labels = set(_labels(compiled))
-    messages: list[_Message] = []
+    items: list[tuple[int, Any]] = []
     problems: list[Problem] = []
-    shape = 'a line is a JSON object {"text": ..., "intent": ...} or a JSON string'
     for number, line in enumerate(content.split("\n"), start=1):
         if not line.strip():
             continue
         try:
-            item = json.loads(line)
+            items.append((number, json.loads(line)))
         except json.JSONDecodeError as exc:
-            problems.append(
-                Problem("SOP001", f"invalid JSON: {exc.msg}", Location(name, number, exc.colno))
-            )
-            continue
+            where = Location(name, number, exc.colno)
+            problems.append(Problem("SOP001", f"invalid JSON: {exc.msg}", where))
+    return name, items, problems
+
+
+def _read_conversation(path: Path, compiled: CompiledPolicy) -> list[_Message]:
+    """Parse and validate every line of a conversation file before anything runs."""
+    name, items, problems = _json_lines(path)
+    labels = set(_labels(compiled))
+    messages: list[_Message] = []
+    shape = 'a line is a JSON object {"text": ..., "intent": ...} or a JSON string'
+    for number, item in items:
         at = Location(name, number, 1)
         if isinstance(item, str):
             messages.append(_Message(number, item, None))
@@ -767,32 +779,12 @@ def _read_examples(path: Path, compiled: CompiledPolicy, default_state: str) -> 
     """Parse and validate every line of a labelled data file before anything runs."""
     from sopagent._eval import Example  # noqa: PLC0415
 
-    name = str(path)
-    try:
-        content = path.read_bytes().decode("utf-8-sig")
-    except OSError as exc:
-        raise PolicyLoadError(
-            [Problem("SOP001", f"cannot read file: {exc.strerror}", Location(name))]
-        ) from exc
-    except UnicodeDecodeError as exc:
-        raise PolicyLoadError(
-            [Problem("SOP001", "file is not valid UTF-8", Location(name, 1, 1))]
-        ) from exc
+    name, items, problems = _json_lines(path)
     labels = set(_labels(compiled))
     waiting = [n for n, s in compiled.states.items() if s.kind == "wait"]
     examples: list[Example] = []
-    problems: list[Problem] = []
     shape = 'a line is a JSON object {"text": ..., "intent": ..., "state": ...}'
-    for number, line in enumerate(content.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append(
-                Problem("SOP001", f"invalid JSON: {exc.msg}", Location(name, number, exc.colno))
-            )
-            continue
+    for number, item in items:
         at = Location(name, number, 1)
         if not isinstance(item, dict):
             problems.append(Problem("SOP010", shape, at))
@@ -1005,27 +997,13 @@ def _write_lines(records: Iterable[Mapping[str, Any]], out: Path | None) -> int:
 
 
 def _audit_events(paths: Sequence[Path]) -> list[dict[str, Any]]:
-    """Read JSON-lines audit logs; a line that is not a JSON object is reported and stops."""
+    """Read JSON-lines audit logs; lines that are not JSON are reported and stop the export."""
     events: list[dict[str, Any]] = []
     problems: list[Problem] = []
     for path in paths:
-        try:
-            content = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise PolicyLoadError(
-                [Problem("SOP001", f"cannot read audit log: {exc}", Location(str(path)))]
-            ) from exc
-        for number, line in enumerate(content.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError as exc:
-                where = Location(str(path), number, exc.colno)
-                problems.append(Problem("SOP001", f"invalid JSON: {exc.msg}", where))
-                continue
-            if isinstance(event, dict):
-                events.append(event)
+        _, items, found = _json_lines(path)
+        problems += found
+        events += [event for _, event in items if isinstance(event, dict)]
     if problems:
         raise PolicyLoadError(problems)
     return events
