@@ -1,8 +1,8 @@
-"""Intent-classification metrics for ``sopagent eval``: pure functions over labelled outcomes.
+"""Intent-classification metrics for ``sopagent eval``: pure functions over labelled predictions.
 
 An evaluation classifies labelled examples (``text``, expected ``intent``, optional ``state``)
 one per fresh session and compares the agent's intent with the expected one. Everything here
-works on plain values (`Example`, `Outcome`), so the figures can be checked by hand:
+works on plain values (`Example`, `Prediction`), so the figures can be checked by hand:
 
 * `accuracy`, `macro_f1` (over the expected labels), `precision_recall` (of one label, such as
   ``out_of_scope``);
@@ -27,15 +27,15 @@ __all__ = [
     "NO_INTENT",
     "OUT_OF_SCOPE",
     "Example",
-    "Outcome",
+    "Prediction",
     "accuracy",
     "confusions",
     "expected_calibration_error",
     "macro_f1",
-    "outcome",
     "per_label_f1",
     "percentile",
     "precision_recall",
+    "prediction",
     "summarize",
 ]
 
@@ -55,7 +55,7 @@ class Example:
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class Prediction:
     """What the agent made of one `Example`."""
 
     expected: str
@@ -77,8 +77,8 @@ class Outcome:
         return self.predicted == self.expected
 
 
-def outcome(expected: str, turn: Turn) -> Outcome:
-    """The `Outcome` of one turn; a turn without an intent is `NO_INTENT` if it only gave slots.
+def prediction(expected: str, turn: Turn) -> Prediction:
+    """The `Prediction` of one turn; a turn without an intent is `NO_INTENT` if it only gave slots.
 
     Any other turn without an intent (an error route) counts as ``out_of_scope``.
     """
@@ -88,7 +88,7 @@ def outcome(expected: str, turn: Turn) -> Outcome:
         predicted = NO_INTENT
     else:
         predicted = OUT_OF_SCOPE
-    return Outcome(
+    return Prediction(
         expected=expected,
         predicted=predicted,
         score=turn.score,
@@ -192,17 +192,17 @@ def _mean(values: Sequence[float]) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def summarize(outcomes: Sequence[Outcome], *, top: int = 10) -> dict[str, Any]:
+def summarize(predictions: Sequence[Prediction], *, top: int = 10) -> dict[str, Any]:
     """Every figure of an evaluation as a JSON-ready mapping (ratios rounded to 4 places)."""
-    pairs = [(o.expected, o.predicted) for o in outcomes]
+    pairs = [(o.expected, o.predicted) for o in predictions]
     oos_precision, oos_recall = precision_recall(pairs, OUT_OF_SCOPE)
-    by_model = [o for o in outcomes if o.model_answered]
-    sources = Counter(o.source for o in outcomes)
-    answered_by = Counter(o.answered_by for o in outcomes if o.answered_by)
-    latencies = [o.latency_ms for o in outcomes]
+    by_model = [o for o in predictions if o.model_answered]
+    sources = Counter(o.source for o in predictions)
+    answered_by = Counter(o.answered_by for o in predictions if o.answered_by)
+    latencies = [o.latency_ms for o in predictions]
     return {
-        "examples": len(outcomes),
-        "correct": sum(1 for o in outcomes if o.correct),
+        "examples": len(predictions),
+        "correct": sum(1 for o in predictions if o.correct),
         "accuracy": _round(accuracy(pairs)),
         "macro_f1": _round(macro_f1(pairs)),
         "oos_precision": _round(oos_precision),
@@ -211,19 +211,19 @@ def summarize(outcomes: Sequence[Outcome], *, top: int = 10) -> dict[str, Any]:
             expected_calibration_error([o.score for o in by_model], [o.correct for o in by_model])
         ),
         "model_answered": len(by_model),
-        "no_intent": sum(1 for o in outcomes if o.predicted == NO_INTENT),
-        "errors": sum(1 for o in outcomes if o.error),
-        "without_model_call": sum(1 for o in outcomes if o.model_calls == 0),
+        "no_intent": sum(1 for o in predictions if o.predicted == NO_INTENT),
+        "errors": sum(1 for o in predictions if o.error),
+        "without_model_call": sum(1 for o in predictions if o.model_calls == 0),
         "without_model_call_by_source": {
-            source: sum(1 for o in outcomes if o.source == source and o.model_calls == 0)
+            source: sum(1 for o in predictions if o.source == source and o.model_calls == 0)
             for source in sorted(sources)
-            if any(o.source == source and o.model_calls == 0 for o in outcomes)
+            if any(o.source == source and o.model_calls == 0 for o in predictions)
         },
         "by_source": dict(sorted(sources.items())),
         "answered_by": dict(sorted(answered_by.items())),
-        "model_calls_mean": _round(_mean([o.model_calls for o in outcomes])),
-        "prompt_tokens_mean": _round(_mean([o.prompt_tokens for o in outcomes]), 1),
-        "completion_tokens_mean": _round(_mean([o.completion_tokens for o in outcomes]), 1),
+        "model_calls_mean": _round(_mean([o.model_calls for o in predictions])),
+        "prompt_tokens_mean": _round(_mean([o.prompt_tokens for o in predictions]), 1),
+        "completion_tokens_mean": _round(_mean([o.completion_tokens for o in predictions]), 1),
         "latency_ms_median": _round(percentile(latencies, 50), 2),
         "latency_ms_p90": _round(percentile(latencies, 90), 2),
         "f1_by_label": {k: round(v, 4) for k, v in per_label_f1(pairs).items()},

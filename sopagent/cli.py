@@ -940,7 +940,7 @@ def evaluate(
     Each example is classified in a fresh session placed in its state.
     """
     from sopagent._agent import Agent  # noqa: PLC0415
-    from sopagent._eval import outcome, summarize  # noqa: PLC0415
+    from sopagent._eval import prediction, summarize  # noqa: PLC0415
 
     with _reporting():
         compiled = _compile(policy)
@@ -961,15 +961,15 @@ def evaluate(
             for model in backends:
                 agent = Agent(compiled, model, audit=_NullSink())
                 task = progress.add_task(f"{model.name}", total=len(examples))
-                outcomes = []
+                predictions = []
                 for example in examples:
                     session = agent.new_session()
                     session.state = example.state
                     session.started = True
                     turn = agent.classify(session, example.text)
-                    outcomes.append(outcome(example.intent, turn))
+                    predictions.append(prediction(example.intent, turn))
                     progress.advance(task)
-                results.append((model.name, summarize(outcomes)))
+                results.append((model.name, summarize(predictions)))
         if json_output:
             document = {
                 "policy": compiled.name,

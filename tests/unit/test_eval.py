@@ -7,15 +7,15 @@ import pytest
 from sopagent._eval import (
     NO_INTENT,
     OUT_OF_SCOPE,
-    Outcome,
+    Prediction,
     accuracy,
     confusions,
     expected_calibration_error,
     macro_f1,
-    outcome,
     per_label_f1,
     percentile,
     precision_recall,
+    prediction,
     summarize,
 )
 from sopagent.session import Turn
@@ -104,25 +104,25 @@ def _turn(intent: str | None, source: str, *, answered_by: str | None = None) ->
     )
 
 
-def test_outcome_labels_turns_without_intent() -> None:
+def test_prediction_labels_turns_without_intent() -> None:
     """A slot-only turn predicts NO_INTENT; a failed model turn counts as out of scope."""
-    assert outcome("a", _turn(None, "slots")).predicted == NO_INTENT
-    assert outcome("a", _turn(None, "error")).predicted == OUT_OF_SCOPE
-    answered = outcome("a", _turn("a", "error", answered_by="m"))
+    assert prediction("a", _turn(None, "slots")).predicted == NO_INTENT
+    assert prediction("a", _turn(None, "error")).predicted == OUT_OF_SCOPE
+    answered = prediction("a", _turn("a", "error", answered_by="m"))
     assert answered.correct
     assert answered.model_answered
-    assert not outcome("a", _turn("a", "example")).model_answered
+    assert not prediction("a", _turn("a", "example")).model_answered
 
 
 def test_summarize_gathers_the_figures() -> None:
     """The summary holds accuracy, cost, latency and the counts of each kind of answer."""
-    outcomes = [
-        Outcome("a", "a", 0.9, "model", 1, 100, 2, 10.0, "m1"),
-        Outcome("a", "b", 0.7, "model", 1, 200, 4, 20.0, "m2"),
-        Outcome("b", "b", 1.0, "example", 0, 0, 0, 1.0, None, model_answered=False),
-        Outcome("b", NO_INTENT, 1.0, "slots", 0, 0, 0, 2.0, None, model_answered=False),
+    predictions = [
+        Prediction("a", "a", 0.9, "model", 1, 100, 2, 10.0, "m1"),
+        Prediction("a", "b", 0.7, "model", 1, 200, 4, 20.0, "m2"),
+        Prediction("b", "b", 1.0, "example", 0, 0, 0, 1.0, None, model_answered=False),
+        Prediction("b", NO_INTENT, 1.0, "slots", 0, 0, 0, 2.0, None, model_answered=False),
     ]
-    figures = summarize(outcomes)
+    figures = summarize(predictions)
     assert figures["examples"] == 4
     assert figures["accuracy"] == 0.5
     assert figures["model_answered"] == 2
