@@ -221,13 +221,9 @@ class Agent:
             slots={n: compiled.slot_types[n].to_json(v) for n, v in slots.items()},
             invalid_slots={n: f.error for n, f in found.items() if f.error is not None},
             responses=(),
-            model_calls=usage.calls,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            cached_tokens=usage.cached_tokens,
-            latency_ms=round((time.perf_counter() - started) * 1000, 3),
             error=error,
             ended=session.ended,
+            **_cost(usage, started),
         )
 
     # -- the turn --------------------------------------------------------------------------------
@@ -354,13 +350,9 @@ class Agent:
             invalid_slots=invalid,
             decisions=tuple(work.decisions),
             responses=responses,
-            model_calls=usage.calls,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            cached_tokens=usage.cached_tokens,
-            latency_ms=round((time.perf_counter() - started) * 1000, 3),
             error=error,
             ended=session.ended,
+            **_cost(usage, started),
         )
         self._emit(session, turn, compiled.states[state_before].allowed)
         return turn
@@ -706,6 +698,17 @@ class Agent:
                 "ended": turn.ended,
             }
         )
+
+
+def _cost(usage: Usage, started: float) -> dict[str, Any]:
+    """The Turn fields that say what a turn cost: model calls, tokens, latency."""
+    return {
+        "model_calls": usage.calls,
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "cached_tokens": usage.cached_tokens,
+        "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+    }
 
 
 def _mask(key: bytes, value: Any) -> str:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
+from typing import TypeVar
 
 from sopagent.backends import (
     Backend,
@@ -23,6 +25,8 @@ from sopagent.backends import (
 from sopagent.errors import BackendError
 
 __all__ = ["CascadeBackend", "cascade"]
+
+_Answer = TypeVar("_Answer", Classification, Choice)
 
 
 class CascadeBackend:
@@ -47,38 +51,27 @@ class CascadeBackend:
 
     def classify(self, request: ClassifyRequest) -> Classification:
         """Classify with the first backend, and with the second when the first is unsure."""
-        spent = Usage()
-        try:
-            answer = self.first.classify(request)
-        except BackendError:
-            pass  # the second backend answers instead
-        else:
-            spent = answer.usage
-            if answer.score >= self.threshold:
-                return self._count(replace(answer, answered_by=self.first.name))
-        second = self.second.classify(request)
-        return self._count(
-            replace(second, usage=spent + second.usage, answered_by=self.second.name)
-        )
+        answer = self._ask(lambda backend: backend.classify(request))
+        with self._lock:
+            self.counts[answer.answered_by] += 1
+        return answer
 
     def choose(self, request: ChooseRequest) -> Choice:
         """Choose with the first backend, and with the second when the first is unsure."""
+        return self._ask(lambda backend: backend.choose(request))
+
+    def _ask(self, call: Callable[[Backend], _Answer]) -> _Answer:
         spent = Usage()
         try:
-            answer = self.first.choose(request)
+            answer = call(self.first)
         except BackendError:
             pass  # the second backend answers instead
         else:
             spent = answer.usage
             if answer.score >= self.threshold:
                 return replace(answer, answered_by=self.first.name)
-        second = self.second.choose(request)
+        second = call(self.second)
         return replace(second, usage=spent + second.usage, answered_by=self.second.name)
-
-    def _count(self, answer: Classification) -> Classification:
-        with self._lock:
-            self.counts[answer.answered_by] += 1
-        return answer
 
 
 def cascade(first: Backend, second: Backend, threshold: float = 0.5) -> CascadeBackend:
