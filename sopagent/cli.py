@@ -60,14 +60,6 @@ app = typer.Typer(
 )
 
 
-class BackendName(StrEnum):
-    """Which model classifies the user's messages."""
-
-    embedded = "embedded"
-    scripted = "scripted"
-    openai = "openai"
-
-
 class GraphFormat(StrEnum):
     """Output format of ``sopagent graph``."""
 
@@ -76,15 +68,16 @@ class GraphFormat(StrEnum):
 
 
 PolicyArg = Annotated[Path, typer.Argument(help="Policy YAML file.", show_default=False)]
+_BACKEND_HELP = (
+    "Model backend: embedded (the offline model, default), scripted (--script), openai (any"
+    " OpenAI-compatible server: OPENAI_BASE_URL, OPENAI_API_KEY, SOPAGENT_OPENAI_MODEL,"
+    " SOPAGENT_OPENAI_DIALECT=openai|llamacpp), nearest (nearest example, no model), or"
+    " wrappers around them: 'shortlist(embedded, k=8)', 'cascade(nearest, embedded,"
+    " threshold=0.7)', 'resilient(openai, retries=2, timeout=5)'; rankers: lexical, minilm."
+)
 BackendOpt = Annotated[
-    BackendName | None,
-    typer.Option(
-        "--backend",
-        help="Model backend: embedded (the offline model, default), scripted (--script), or"
-        " openai (any OpenAI-compatible server: OPENAI_BASE_URL, OPENAI_API_KEY,"
-        " SOPAGENT_OPENAI_MODEL, SOPAGENT_OPENAI_DIALECT=openai|llamacpp).",
-        show_default=False,
-    ),
+    str | None,
+    typer.Option("--backend", metavar="SPEC", help=_BACKEND_HELP, show_default=False),
 ]
 ScriptOpt = Annotated[
     Path | None,
@@ -249,20 +242,44 @@ def _embedded_backend() -> Backend:
         raise typer.Exit(3) from None
 
 
-def _backend(name: BackendName | None, script: Path | None, compiled: CompiledPolicy) -> Backend:
-    if name is None:
-        name = BackendName.scripted if script is not None else BackendName.embedded
-    if name is BackendName.scripted:
+def _backends(
+    specs: Sequence[str], script: Path | None, compiled: CompiledPolicy
+) -> list[tuple[str, Backend]]:
+    """Build each backend spec (see `sopagent.backends._spec`), sharing base backends.
+
+    Without a spec the backend is ``scripted`` when a script is given, else ``embedded``.
+    """
+    from sopagent.backends._spec import SpecBuilder, SpecError, base_names  # noqa: PLC0415
+
+    chosen = list(dict.fromkeys(specs)) or ["scripted" if script is not None else "embedded"]
+    try:
+        bases = set().union(*(base_names(spec) for spec in chosen))
+    except SpecError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--backend") from None
+    if script is not None and "scripted" not in bases:
+        raise typer.BadParameter("--script is for --backend scripted", param_hint="--script")
+
+    def scripted() -> Backend:
         if script is None:
             raise typer.BadParameter(
                 "the scripted backend needs --script FILE", param_hint="--script"
             )
         return _scripted_backend(script, compiled)
-    if script is not None:
-        raise typer.BadParameter("--script is for --backend scripted", param_hint="--script")
-    if name is BackendName.openai:
-        return _openai_backend()
-    return _embedded_backend()
+
+    builder = SpecBuilder(
+        {"embedded": _embedded_backend, "openai": _openai_backend, "scripted": scripted}
+    )
+    built: list[tuple[str, Backend]] = []
+    for spec in chosen:
+        try:
+            built.append((spec, builder.build(spec)))
+        except SpecError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--backend") from None
+    return built
+
+
+def _backend(spec: str | None, script: Path | None, compiled: CompiledPolicy) -> Backend:
+    return _backends([spec] if spec else [], script, compiled)[0][1]
 
 
 def _openai_backend() -> Backend:
@@ -321,7 +338,7 @@ def _open_sink(path: Path | None) -> AuditSink:
 def _start(
     compiled: CompiledPolicy,
     *,
-    backend: BackendName | None,
+    backend: str | None,
     script: Path | None,
     audit: Path | None,
     facts: Sequence[str] | None,
@@ -832,21 +849,6 @@ def _read_examples(path: Path, compiled: CompiledPolicy, default_state: str) -> 
     return examples
 
 
-def _eval_backends(
-    names: Sequence[BackendName] | None, script: Path | None, compiled: CompiledPolicy
-) -> list[Backend]:
-    """The backends to compare, in the order given; --script goes to the scripted one."""
-    chosen = list(dict.fromkeys(names or ()))
-    if not chosen:
-        chosen = [BackendName.scripted if script is not None else BackendName.embedded]
-    if script is not None and BackendName.scripted not in chosen:
-        raise typer.BadParameter("--script is for --backend scripted", param_hint="--script")
-    return [
-        _backend(name, script if name is BackendName.scripted else None, compiled)
-        for name in chosen
-    ]
-
-
 def _eval_table(console: Console, results: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
     from rich.table import Table  # noqa: PLC0415
 
@@ -913,12 +915,11 @@ def evaluate(
         ),
     ],
     backend: Annotated[
-        list[BackendName] | None,
+        list[str] | None,
         typer.Option(
             "--backend",
-            metavar="NAME",
-            help="Model backend to evaluate: embedded (default), scripted (--script) or openai."
-            " Repeat to compare several side by side.",
+            metavar="SPEC",
+            help=_BACKEND_HELP + " Repeat to compare several side by side.",
             show_default=False,
         ),
     ] = None,
@@ -948,7 +949,7 @@ def evaluate(
         if state is not None and compiled.states.get(state) is None:
             raise typer.BadParameter(f"unknown state {state!r}", param_hint="--state")
         examples = _read_examples(data, compiled, default_state)
-        backends = _eval_backends(backend, script, compiled)
+        backends = _backends(backend or [], script, compiled)
 
         from rich.console import Console  # noqa: PLC0415
         from rich.progress import Progress  # noqa: PLC0415
@@ -958,9 +959,9 @@ def evaluate(
         with Progress(
             console=progress_console, transient=True, disable=not progress_console.is_terminal
         ) as progress:
-            for model in backends:
+            for label, model in backends:
                 agent = Agent(compiled, model, audit=_NullSink())
-                task = progress.add_task(f"{model.name}", total=len(examples))
+                task = progress.add_task(label, total=len(examples))
                 predictions = []
                 for example in examples:
                     session = agent.new_session()
@@ -969,7 +970,7 @@ def evaluate(
                     turn = agent.classify(session, example.text)
                     predictions.append(prediction(example.intent, turn))
                     progress.advance(task)
-                results.append((model.name, summarize(predictions)))
+                results.append((label, summarize(predictions)))
         if json_output:
             document = {
                 "policy": compiled.name,

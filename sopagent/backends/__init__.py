@@ -68,6 +68,9 @@ class ClassifyRequest:
         key: identifies the vocabulary (the policy's hash), so a backend can reuse work that
             depends only on it, such as a prompt prefix already evaluated.
         instructions: what the policy says the assistant is for.
+        candidates: a shortlist of ``labels`` (names, ``out_of_scope`` included) that the
+            answer must come from, as narrowed by `sopagent.backends.shortlist`. Labels left
+            out are ruled out, not folded into ``out_of_scope``. Empty: every label.
     """
 
     text: str
@@ -76,6 +79,15 @@ class ClassifyRequest:
     slot_choices: Mapping[str, tuple[Label, ...]] = field(default_factory=dict)
     key: str = ""
     instructions: str = ""
+    candidates: tuple[str, ...] = ()
+
+    @property
+    def choices(self) -> tuple[Label, ...]:
+        """The labels the answer may be: ``candidates`` when given, else ``labels``."""
+        if not self.candidates:
+            return self.labels
+        wanted = set(self.candidates)
+        return tuple(label for label in self.labels if label.name in wanted)
 
 
 @dataclass(frozen=True, slots=True)

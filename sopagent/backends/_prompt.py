@@ -18,8 +18,11 @@ CONTENT_FREE = "N/A"
 """A message that says nothing, used to measure a prompt's bias towards some labels."""
 
 
-def classify_prompt(vocabulary: Sequence[Label]) -> str:
+def classify_prompt(vocabulary: Sequence[Label], *, per_label: int = 4) -> str:
     """Return the classification prefix: the intent names, then interleaved examples.
+
+    Up to ``per_label`` examples of each intent are shown, round by round (every intent's
+    first example, then every intent's second, ...).
 
     The policy's description is left out on purpose: with a small completion model, a sentence
     about the assistant pulls messages towards the intents that repeat its words (on the probe
@@ -29,7 +32,7 @@ def classify_prompt(vocabulary: Sequence[Label]) -> str:
     names = ", ".join(label.name for label in vocabulary)
     lines.append(f"Classify each customer message into one of these intents: {names}.")
     lines.append("")
-    examples = _interleave(vocabulary, per_label=4)
+    examples = _interleave(vocabulary, per_label=per_label)
     for name, example in examples:
         lines.append(f"Message: {one_line(example)}")
         lines.append(f"Intent: {name}")

@@ -20,6 +20,7 @@ from sopagent.backends import (
     ChooseRequest,
     Classification,
     ClassifyRequest,
+    Label,
     Usage,
 )
 from sopagent.errors import BackendError
@@ -59,6 +60,13 @@ class CascadeBackend:
     def choose(self, request: ChooseRequest) -> Choice:
         """Choose with the first backend, and with the second when the first is unsure."""
         return self._ask(lambda backend: backend.choose(request))
+
+    def warm(self, vocabulary: tuple[Label, ...], key: str = "") -> None:
+        """Let both backends evaluate their prompts early, when they can."""
+        for backend in (self.first, self.second):
+            warm = getattr(backend, "warm", None)
+            if callable(warm):
+                warm(vocabulary, key)
 
     def _ask(self, call: Callable[[Backend], _Answer]) -> _Answer:
         spent = Usage()

@@ -86,6 +86,19 @@ class _Node:
     label: str | None = None
 
 
+def _trie(labels: dict[str, list[int]]) -> _Node:
+    root = _Node()
+    for label, tokens in labels.items():
+        node = root
+        for token in tokens:
+            node = node.children.setdefault(token, _Node())
+        node.label = label
+    return root
+
+
+_MAX_SHORTLISTS = 256
+
+
 @dataclass
 class _Prefix:
     """A prompt prefix, its label trie, and the prompt's bias once measured."""
@@ -94,9 +107,25 @@ class _Prefix:
     trie: _Node
     labels: tuple[str, ...]
     prior: dict[str, float] | None = None
+    label_tokens: dict[str, list[int]] = field(default_factory=dict)
+    shortlists: OrderedDict[tuple[str, ...], _Node] = field(default_factory=OrderedDict)
+
+    def subtrie(self, candidates: tuple[str, ...]) -> _Node:
+        """The trie of only ``candidates`` (labels of this prefix), built once per shortlist."""
+        found = self.shortlists.get(candidates)
+        if found is None:
+            found = _trie({c: self.label_tokens[c] for c in candidates if c in self.label_tokens})
+            self.shortlists[candidates] = found
+            if len(self.shortlists) > _MAX_SHORTLISTS:
+                self.shortlists.popitem(last=False)
+        else:
+            self.shortlists.move_to_end(candidates)
+        return found
 
 
 _SEPARATOR = "\n"
+_EXAMPLES_PER_INTENT = 4
+_MESSAGE_ROOM = 512  # context tokens kept free after the prompt for a message and labels
 
 
 class LlamaCppBackend:
@@ -137,9 +166,11 @@ class LlamaCppBackend:
                 f"allowed labels outside the vocabulary: {', '.join(sorted(missing))}",
                 provider=self.name,
             )
+        candidates = tuple(c for c in request.candidates if c in allowed)
         with self._lock:
             key, prefix = self._classify_prefix(vocabulary, request.key)
-            probabilities, usage = self._score(key, prefix, request.text, "Intent:")
+            trie = prefix.subtrie(candidates) if candidates else prefix.trie
+            probabilities, usage = self._score(key, prefix, request.text, "Intent:", trie=trie)
             slots: dict[str, str] = {}
             for slot, values in request.slot_choices.items():
                 slot_key = f"slot:{request.key}:{slot}"
@@ -193,22 +224,36 @@ class LlamaCppBackend:
         prefix = self._prefixes.get(name)
         if prefix is None:
             prefix = self._prepare(
-                name, classify_prompt(vocabulary), [label.name for label in vocabulary]
+                name, self._fitting_prompt(vocabulary), [label.name for label in vocabulary]
             )
         return name, prefix
+
+    def _fitting_prompt(self, vocabulary: tuple[Label, ...]) -> str:
+        """The classification prompt with as many examples per intent as the context allows.
+
+        Room is left for a long message and the label branches; a vocabulary whose names
+        alone do not fit is an error, not a truncated prompt.
+        """
+        budget = int(self.llm.n_ctx()) - _MESSAGE_ROOM
+        for per_label in range(_EXAMPLES_PER_INTENT, -1, -1):
+            text = classify_prompt(vocabulary, per_label=per_label)
+            if len(self._tokens(text, bos=True)) <= budget:
+                return text
+        raise BackendError(
+            f"{len(vocabulary)} intents do not fit a context of {self.llm.n_ctx()} tokens:"
+            " load the model with a larger n_ctx, or narrow the intents with a shortlist",
+            provider=self.name,
+        )
 
     def _tokens(self, text: str, *, bos: bool = False) -> list[int]:
         tokens: list[int] = self.llm.tokenize(text.encode("utf-8"), add_bos=bos, special=False)
         return tokens
 
     def _prepare(self, key: str, text: str, labels: list[str]) -> _Prefix:
-        root = _Node()
-        for label in labels:
-            node = root
-            for token in self._tokens(" " + label):
-                node = node.children.setdefault(token, _Node())
-            node.label = label
-        prefix = _Prefix(self._tokens(text, bos=True), root, tuple(labels))
+        label_tokens = {label: self._tokens(" " + label) for label in labels}
+        prefix = _Prefix(
+            self._tokens(text, bos=True), _trie(label_tokens), tuple(labels), None, label_tokens
+        )
         self._prefixes[key] = prefix
         while len(self._prefixes) > self._max_prefixes:
             evicted, _ = self._prefixes.popitem(last=False)
@@ -253,7 +298,14 @@ class LlamaCppBackend:
         return np.ctypeslib.as_array(pointer, shape=(self._n_vocab,))
 
     def _score(
-        self, key: str, prefix: _Prefix, text: str, answer: str, *, calibrate: bool = True
+        self,
+        key: str,
+        prefix: _Prefix,
+        text: str,
+        answer: str,
+        *,
+        calibrate: bool = True,
+        trie: _Node | None = None,
     ) -> tuple[dict[str, float], Usage]:
         evaluated = self._activate(key, prefix)
         message = self._tokens(message_suffix(text, answer))
@@ -263,7 +315,7 @@ class LlamaCppBackend:
         self._eval(message)
         evaluated += len(message)
         logprobs: dict[str, float] = {}
-        evaluated += self._walk(prefix.trie, self._logits(), 0.0, logprobs)
+        evaluated += self._walk(trie or prefix.trie, self._logits(), 0.0, logprobs)
         if self._calibration and calibrate:
             logprobs = self._calibrate(prefix, answer, logprobs)
         top = max(logprobs.values())

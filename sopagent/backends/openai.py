@@ -113,7 +113,7 @@ class OpenAIBackend:
 
     def classify(self, request: ClassifyRequest) -> Classification:
         """Ask for one allowed intent and the enum slots; validate the answer."""
-        labels = tuple(label.name for label in request.labels)
+        labels = tuple(label.name for label in request.choices)
         slots = tuple(
             (name, tuple(value.name for value in values))
             for name, values in request.slot_choices.items()
@@ -274,7 +274,7 @@ def _describe(label: Label, *, examples: int = _EXAMPLES) -> list[str]:
 
 def _classify_prompt(request: ClassifyRequest) -> _Prompt:
     """Build the system message: the policy's part first, then this state's."""
-    allowed = [label.name for label in request.labels]
+    allowed = [label.name for label in request.choices]
     vocabulary = list(request.vocabulary) or list(request.labels)
     known = {label.name for label in vocabulary}
     vocabulary += [label for label in request.labels if label.name not in known]

@@ -49,7 +49,7 @@ class OutlinesBackend:
     def classify(self, request: ClassifyRequest) -> Classification:
         """Generate one allowed intent after the message."""
         prompt = classify_prompt(request.labels)
-        intent = self._pick(prompt, request.text, "Intent:", request.labels)
+        intent = self._pick(prompt, request.text, "Intent:", request.choices)
         slots = {
             name: self._pick(
                 slot_prompt(name, values, request.instructions), request.text, "Answer:", values

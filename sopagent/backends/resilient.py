@@ -34,7 +34,14 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from types import TracebackType
 from typing import Literal, TypeVar
 
-from sopagent.backends import Backend, Choice, ChooseRequest, Classification, ClassifyRequest
+from sopagent.backends import (
+    Backend,
+    Choice,
+    ChooseRequest,
+    Classification,
+    ClassifyRequest,
+    Label,
+)
 from sopagent.errors import BackendAnswerError, BackendError, BackendTimeout, BackendUnavailable
 
 __all__ = ["CircuitState", "ResilientBackend", "resilient"]
@@ -140,6 +147,12 @@ class ResilientBackend:
         """Consecutive failed calls so far (reset by a success)."""
         with self._lock:
             return self._failures
+
+    def warm(self, vocabulary: tuple[Label, ...], key: str = "") -> None:
+        """Let the wrapped backend evaluate its prompt early, when it can."""
+        warm = getattr(self.backend, "warm", None)
+        if callable(warm):
+            warm(vocabulary, key)
 
     def close(self) -> None:
         """Shut the worker thread down; later calls fail. A running call is not waited for."""

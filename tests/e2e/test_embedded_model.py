@@ -7,6 +7,7 @@ that such turns need no model call at all.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -19,6 +20,7 @@ import pytest
 import sopagent
 from sopagent.backends import ClassifyRequest, Label
 from sopagent.backends.llamacpp import LlamaCppBackend
+from sopagent.backends.shortlist import shortlist
 
 pytestmark = pytest.mark.model
 
@@ -199,3 +201,42 @@ def test_warm_evaluates_the_prompt_before_the_first_message(backend: LlamaCppBac
     assert turn.model_calls == 1
     assert turn.cached_tokens > 0
     assert turn.prompt_tokens - turn.cached_tokens < 40
+
+
+def test_candidates_narrow_the_labels_scored(backend: LlamaCppBackend) -> None:
+    """With a shortlist only its labels are scored; the shared prompt is still reused."""
+    agent = sopagent.load_agent(
+        ROOT / "policies/refund.yaml", backend=backend, audit=sopagent.MemorySink()
+    )
+    state = agent.compiled.states["greeting"]
+    request = ClassifyRequest(
+        text="I want my money back for the shoes",
+        labels=state.labels,
+        vocabulary=agent.compiled.vocabulary,
+        key=agent.compiled.hash,
+    )
+    whole = backend.classify(request)
+    narrowed = backend.classify(
+        dataclasses.replace(request, candidates=("request_refund", "goodbye", "out_of_scope"))
+    )
+    assert set(narrowed.scores) == {"request_refund", "goodbye", "out_of_scope"}
+    assert narrowed.intent == "request_refund" == whole.intent
+    assert abs(sum(narrowed.scores.values()) - 1.0) < 1e-6
+    assert narrowed.usage.cached_tokens >= whole.usage.cached_tokens
+    evaluated = narrowed.usage.prompt_tokens - narrowed.usage.cached_tokens
+    assert evaluated <= whole.usage.prompt_tokens - whole.usage.cached_tokens
+
+
+def test_shortlist_of_the_embedded_model_in_a_conversation(backend: LlamaCppBackend) -> None:
+    """A lexical shortlist in front of the embedded model drives a real refund turn."""
+    agent = sopagent.load_agent(
+        ROOT / "policies/refund.yaml",
+        backend=shortlist(backend, k=3),
+        audit=sopagent.MemorySink(),
+    )
+    session = agent.new_session()
+    agent.start(session)
+    turn = agent.respond(session, "I would like a refund for my order please")
+    assert turn.intent == "request_refund"
+    assert turn.answered_by == "llamacpp"
+    assert session.state == "ask_order"

@@ -165,3 +165,31 @@ def test_eval_embedded_beside_scripted(script: Path) -> None:
     assert embedded["model_calls_mean"] > 0
     assert embedded["prompt_tokens_mean"] > 0
     assert 0 < embedded["latency_ms_median"] <= embedded["latency_ms_p90"]
+
+
+def test_eval_compares_backend_specs_side_by_side(script: Path) -> None:
+    """Specs name the compared backends; a cascade reports which backend answered."""
+    result = sopagent(
+        "eval", POLICY, "--data", DATA, "--backend", "nearest",
+        "--backend", "cascade(nearest, scripted, threshold=0.9)", "--script", script, "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    alone, chained = json.loads(result.stdout)["backends"]
+    assert alone["backend"] == "nearest"
+    assert chained["backend"] == "cascade(nearest, scripted, threshold=0.9)"
+    assert alone["model_calls_mean"] == 0
+    answered = chained["answered_by"]
+    assert set(answered) <= {"nearest-lexical", "scripted"}
+    assert answered.get("scripted", 0) > 0
+    assert chained["accuracy"] >= alone["accuracy"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [("gpt(", "not a backend spec"), ("cascade(embedded)", "needs two backends")],
+)
+def test_eval_bad_backend_spec_exits_2(spec: str, message: str) -> None:
+    """A backend spec that cannot be read or built is a usage error that says why."""
+    result = sopagent("eval", POLICY, "--data", DATA, "--backend", spec)
+    assert result.returncode == 2
+    assert message in result.stderr

@@ -15,6 +15,7 @@ from sopagent.backends import (
     Usage,
 )
 from sopagent.backends.cascade import cascade
+from sopagent.backends.resilient import resilient
 from sopagent.errors import BackendError
 
 REQUEST = ClassifyRequest(text="hm", labels=(Label("stop", "stop"), Label("out_of_scope", "x")))
@@ -119,3 +120,25 @@ def test_classify_understands_without_acting(reset_refunds: None) -> None:
     assert turn.responses == ()
     assert session.to_json() == before
     assert len(sink.events) == events
+
+
+class Warmable(FixedBackend):
+    """A backend that records the prompts it was asked to evaluate early."""
+
+    def __init__(self) -> None:
+        super().__init__("stop", 1.0)
+        self.warmed: list[str] = []
+
+    def warm(self, vocabulary: tuple[Label, ...], key: str = "") -> None:
+        self.warmed.append(key)
+
+
+def test_warm_reaches_every_backend_that_can_warm() -> None:
+    """Warming a cascade (or a resilient wrapper) warms the backends inside it."""
+    first, second = Warmable(), Warmable()
+    wrapped = resilient(cascade(first, second, 0.5))
+    wrapped.warm((Label("stop", "stop"),), "policy-hash")
+    wrapped.close()
+    assert first.warmed == second.warmed == ["policy-hash"]
+    cascade(Failing(), first, 0.5).warm((), "other")
+    assert first.warmed[-1] == "other"
