@@ -38,6 +38,12 @@ ROOT = Path(__file__).resolve().parent.parent
 POLICY = ROOT / "policies" / "refund.yaml"
 PREFIX_TOKENS = 512  # baseline prefix length; refund's classify prompts are ~450-600 tokens
 
+RASA_CALM = {"calls": 1.0, "prompt_tokens": 1000.0, "completion_tokens": 10.0}
+"""Rasa's published cost of a CALM turn on its sample bot: one LLM call, ~1,000 prompt tokens,
+~10 completion tokens. A published figure, not measured here: the ratio compares orders of
+magnitude, not two runs."""
+
+
 CONVERSATIONS: dict[str, tuple[str, ...]] = {
     "refund": ("I want a refund for my order", "10001", "yes please", "no, that's all"),
     "questions": (
@@ -313,6 +319,33 @@ def run(reps: int, cold: int, forward_reps: int, prefix_reps: int) -> dict[str, 
             per_turn(records, "model_calls"),
             "calls",
             n=len(records),
+            baseline=RASA_CALM["calls"],
+            baseline_name="Rasa CALM, published",
+        ),
+        row(
+            "prompt tokens per turn (all turns)",
+            per_turn(records, "prompt_tokens"),
+            "tokens",
+            n=len(records),
+            baseline=RASA_CALM["prompt_tokens"],
+            baseline_name="Rasa CALM, published",
+            note="turns without a model call count 0",
+        ),
+        row(
+            "evaluated prompt tokens per turn (all turns, prompt - cached)",
+            mean([r["turn"].prompt_tokens - r["turn"].cached_tokens for r in records]),
+            "tokens",
+            n=len(records),
+            baseline=RASA_CALM["prompt_tokens"],
+            baseline_name="Rasa CALM, published",
+        ),
+        row(
+            "completion tokens per turn (all turns)",
+            per_turn(records, "completion_tokens"),
+            "tokens",
+            n=len(records),
+            baseline=RASA_CALM["completion_tokens"],
+            baseline_name="Rasa CALM, published",
         ),
         row(
             "prompt tokens per warm model turn",

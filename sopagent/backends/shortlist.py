@@ -225,6 +225,7 @@ class EmbeddingRanker:
         self.name = name
         self._cache = _IndexCache()
         self._lock = threading.Lock()
+        self._vectors: dict[str, Any] = {}  # example text -> vector, shared by label sets
 
     def _encode(self, texts: list[str]) -> Any:
         np = _numpy()
@@ -239,9 +240,15 @@ class EmbeddingRanker:
         return np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)
 
     def _build(self, labels: tuple[Label, ...]) -> _Index:
+        np = _numpy()
         texts, owners = _documents(labels)
-        matrix = self._encode(texts) if texts else None
-        return _group(_numpy(), labels, owners, matrix)
+        if not texts:
+            return _group(np, labels, owners, None)
+        new = [text for text in dict.fromkeys(texts) if text not in self._vectors]
+        if new:
+            self._vectors.update(zip(new, self._encode(new), strict=True))
+        matrix = np.stack([self._vectors[text] for text in texts])
+        return _group(np, labels, owners, matrix)
 
     def rank(self, text: str, labels: Sequence[Label]) -> list[tuple[str, float]]:
         """Rank ``labels`` by the cosine of their best example's embedding with the text's."""

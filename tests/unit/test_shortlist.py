@@ -98,6 +98,8 @@ def test_embedding_ranker_encodes_examples_once() -> None:
     assert ranker.rank("my card got stolen", LABELS)[0][0] == "lost_card"
     assert ranker.rank("what's my balance", LABELS)[0][0] == "balance"
     assert encoder.calls == 3
+    ranker.rank("my pin", LABELS[1:])  # another label set: its examples are known already
+    assert encoder.calls == 4
 
 
 def test_embedding_ranker_reports_encoder_failures_as_backend_errors() -> None:
