@@ -826,8 +826,9 @@ class AbstractMachine:
 
     # -- whole turns -----------------------------------------------------------------------
 
-    def turns(self, node: Node, given: Input, limit: int = 10_000) -> list[TurnPath]:
-        """Every whole turn from rest node ``node`` on ``given``, through its decisions.
+    def turns(self, node: Node, given: Input | None, limit: int = 10_000) -> list[TurnPath]:
+        """Every whole turn from ``node`` on ``given`` (``None``: the opening), through its
+        decisions.
 
         A turn that can come back to a decision it already took in the same turn is also
         listed as failing: the agent stops routing loops with the error route.

@@ -1193,6 +1193,110 @@ def verify(
             raise typer.Exit(1)
 
 
+@app.command(name="diff")
+def diff_command(
+    old: Annotated[Path, typer.Argument(help="Policy in use.", show_default=False)],
+    new: Annotated[Path, typer.Argument(help="New version of the policy.", show_default=False)],
+    *,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the diff as one JSON object.")
+    ] = False,
+    max_turns: Annotated[
+        int,
+        typer.Option(
+            "--max-turns", min=1, max=50, help="User turns the conversation comparison looks ahead."
+        ),
+    ] = 6,
+    limit: Annotated[
+        int, typer.Option("--limit", min=1, help="Shortest witnesses shown per direction.")
+    ] = 20,
+) -> None:
+    """What changed between two versions: structure, wording, approvals, conversations.
+
+    Exits 0 when the versions cannot behave differently, 1 when they can, 2 on load errors.
+    """
+    from sopagent._diff import diff_policies, render  # noqa: PLC0415
+
+    with _reporting():
+        before, after = _compile(old), _compile(new)
+        with _progress(after.name) as update:
+            result = diff_policies(
+                before,
+                after,
+                max_turns=max_turns,
+                limit=limit,
+                progress=lambda n: update("product", n, None),
+            )
+        if json_output:
+            typer.echo(json.dumps(result.to_json(), indent=2, ensure_ascii=False, default=str))
+        else:
+            sys.stdout.write(render(result))
+        if result.semantic:
+            raise typer.Exit(1)
+
+
+@app.command()
+def replay(
+    audit: Annotated[
+        list[Path], typer.Argument(help="JSON-lines audit logs (--audit).", show_default=False)
+    ],
+    *,
+    policy: Annotated[
+        Path, typer.Option("--policy", help="The version to replay on.", show_default=False)
+    ],
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object per conversation, as a list.")
+    ] = False,
+    fact: FactOpt = None,
+) -> None:
+    """Replay logged conversations on a policy version, with their recorded labels.
+
+    Reports every conversation whose path or responses change, with the first turn that
+    differs. Exits 0 when none changed, 1 when some did, 2 on errors in the files.
+    """
+    from sopagent._replay import replay as run_replay  # noqa: PLC0415
+
+    with _reporting():
+        compiled = _compile(policy)
+        events: list[tuple[Location, dict[str, Any]]] = []
+        problems: list[Problem] = []
+        for path in audit:
+            name, items, found = _json_lines(path)
+            problems += found
+            events += [(Location(name, n, 1), e) for n, e in items if isinstance(e, dict)]
+        if problems:
+            raise PolicyLoadError(problems)
+        try:
+            results = run_replay(compiled, events, facts=_parse_facts(fact))
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--fact") from exc
+        changed = [r for r in results if r.status == "changed"]
+        if json_output:
+            typer.echo(json.dumps([r.to_json() for r in results], indent=2, ensure_ascii=False))
+        else:
+            for result in results:
+                if result.status == "changed":
+                    typer.echo(
+                        f"{result.location}: {result.session_id}: changed at turn {result.turn}"
+                    )
+                    for key in result.differs:
+                        typer.echo(f"    {key}: {result.old.get(key)} -> {result.new.get(key)}")
+                elif result.status == "unreplayable":
+                    typer.echo(
+                        f"{result.location}: {result.session_id}: not replayed from turn"
+                        f" {result.turn}: {result.reason}"
+                    )
+            unreplayable = sum(1 for r in results if r.status == "unreplayable")
+            _err(
+                f"{len(results)} conversation{'s' if len(results) != 1 else ''} replayed on"
+                f" {compiled.name} {compiled.hash}: {len(changed)} changed,"
+                f" {len(results) - len(changed) - unreplayable} the same,"
+                f" {unreplayable} not replayable"
+            )
+        if changed:
+            raise typer.Exit(1)
+
+
 # --- entry point -----------------------------------------------------------------------------
 
 
