@@ -116,7 +116,7 @@ class Input:
 
     def __str__(self) -> str:
         if self.error:
-            return "(the model backend fails)"
+            return "(the backend or a decision fails)"
         parts = []
         if self.label is not None:
             parts.append(self.label + (" (unsure)" if self.unsure else ""))
@@ -706,6 +706,9 @@ class AbstractMachine:
         state = self.compiled.states[node.state]
         if node.kind == "start":
             yield Move(None, tuple(self._step(node, None)))
+            # An opening that fails leaves the session unstarted; the host starts it again.
+            error = tuple(Event("say", r, node.state) for r in self._error_lines)
+            yield Move(Input(error=True), (Branch(error, node, failed=True),))
             return
         for given in self.inputs(state):
             yield Move(given, tuple(self._step(node, given)))

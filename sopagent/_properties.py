@@ -265,7 +265,7 @@ class _Parser:
             )
         if op not in ("==", "!=") and kind not in _ORDERED:
             raise ConditionError(
-                f"{named.name} is a {kind}; only == and != compare it", left.offset, code="SOP077"
+                f"{named.name} is {_a(kind)}; only == and != compare it", left.offset, code="SOP077"
             )
         named_type = self.types[named.name]  # type: ignore[index]
         left_value = self.value_of(left, named_type)
@@ -302,13 +302,17 @@ class _Parser:
         return lambda _values: literal
 
 
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
+
+
 def _literal(operand: _Operand, named: SlotType) -> Any:
     value = operand.literal
     kind = named.kind
     if kind in _NUMERIC:
         if operand.kind != "number":
             raise ConditionError(
-                f"a {kind} is compared with a number", operand.offset, code="SOP077"
+                f"{_a(kind)} is compared with a number", operand.offset, code="SOP077"
             )
         try:
             return Decimal(value)
@@ -333,7 +337,7 @@ def _literal(operand: _Operand, named: SlotType) -> Any:
             ) from None
     if operand.kind != "string":
         raise ConditionError(
-            f'a {kind} is compared with a quoted "string"', operand.offset, code="SOP077"
+            f'{_a(kind)} is compared with a quoted "string"', operand.offset, code="SOP077"
         )
     if kind == "enum":
         allowed = list(getattr(named.spec, "values", ()))
@@ -424,7 +428,8 @@ class PropertySpec:
         if self.kind == "reachable":
             return f"from every state, {target} reachable"
         saying = ", ".join(sorted(self.saying)) if self.saying is not None else "anything"
-        return f"{target} within {self.within} turns while the user says {saying}"
+        turns = "1 turn" if self.within == 1 else f"{self.within} turns"
+        return f"{target} within {turns} while the user says {saying}"
 
 
 def _alternatives(matchers: Sequence[Matcher]) -> str:

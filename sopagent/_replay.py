@@ -4,7 +4,8 @@ Each conversation of an audit log (`sopagent.audit.JsonLinesSink` events, groupe
 ``session_id`` and ordered by ``turn``) is run again on the new version: the user's text when
 the log has it (so slot values are found by the new version's grammar), the intent the log
 recorded (no model call: a model's answer keeps its score, so a new confidence rule applies to
-it), and the real decision functions of the new version. The first turn whose path, state,
+it), and the real decision functions of the new version, each conversation starting from the
+decision modules' state as it is when the replay starts. The first turn whose path, state,
 responses or end differ is reported; what follows it would be another conversation.
 
 Turns the log cannot reproduce are reported as such: a backend failure (no label was
@@ -21,6 +22,7 @@ from typing_extensions import override
 
 from sopagent._agent import Agent, _Classified
 from sopagent._compile import CompiledPolicy, CompiledState
+from sopagent._search import ModuleState
 from sopagent._slots import Found
 from sopagent.audit import NullSink
 from sopagent.backends import Choice, ChooseRequest, Classification, ClassifyRequest, Usage
@@ -196,9 +198,16 @@ def replay(
         One result per conversation, in the order they first appear.
     """
     agent = _ReplayAgent(compiled)
+    # Each conversation starts from the decision modules' state as it is now, so that one
+    # replayed refund does not make the next conversation's order "already refunded".
+    state = ModuleState(compiled.functions)
     results = []
-    for session_id, items in _conversations(events).items():
-        results.append(_replay_one(agent, session_id, items, facts or {}))
+    try:
+        for session_id, items in _conversations(events).items():
+            state.restore()
+            results.append(_replay_one(agent, session_id, items, facts or {}))
+    finally:
+        state.restore()
     return results
 
 

@@ -197,12 +197,19 @@ class PropertyResult:
 
     @property
     def counterexample(self) -> Counterexample | None:
-        """The counterexample to show: the exhaustive engine's, else the search's."""
+        """The counterexample to show: the exhaustive engine's (shortest), else the search's."""
         if self.exhaustive.status == "violated":
             return self.exhaustive.counterexample
         if self.search.status == "violated":
             return self.search.counterexample
         return None
+
+    @property
+    def concrete(self) -> Counterexample | None:
+        """The counterexample to replay: the search's (real values), else the exhaustive one."""
+        if self.search.status == "violated":
+            return self.search.counterexample
+        return self.counterexample
 
     def to_json(self) -> dict[str, Any]:
         """The result as plain JSON."""
@@ -714,7 +721,7 @@ def _exhaustive_one(machine: AbstractMachine, spec: PropertySpec) -> EngineResul
         return EngineResult("unknown", "depends on values the abstraction does not know", example)
     found_leads = _check_leads_to(machine, spec, assume=False)
     if found_leads is None:
-        return EngineResult("proved", f"within {spec.within} turns from every state")
+        return EngineResult("proved", f"within {_turns(spec.within)} from every state")
     hops, witness, node = found_leads
     steps = _steps(hops)
     more = _turn_steps(len(steps), witness, node)
@@ -843,6 +850,10 @@ def verify(
 # --- transcripts ----------------------------------------------------------------------------
 
 
+def _turns(count: int) -> str:
+    return f"{count} turn" if count == 1 else f"{count} turns"
+
+
 def _said(step: Step) -> str:
     return ", ".join(step.responses) or "-"
 
@@ -905,7 +916,9 @@ def render(report: Report) -> str:
             if example is not None:
                 lines.append("             a conversation that breaks it if the values allow:")
         elif example is not None:
-            lines.append(f"             counterexample ({example.engine}, {example.turns} turns):")
+            lines.append(
+                f"             counterexample ({example.engine}, {_turns(example.turns)}):"
+            )
         if example is not None:
             lines.extend("             " + line for line in transcript(example))
     lines.append("")
@@ -944,7 +957,7 @@ def conversation_test(
         The document (format ``sopagent_test: 1``), or why the counterexample cannot be
         written as a conversation test.
     """
-    example = result.counterexample
+    example = result.concrete
     if example is None:
         return "no counterexample"
     steps: list[dict[str, Any]] = []
@@ -972,16 +985,16 @@ def _test_step(step: Step, compiled: CompiledPolicy, engine: str) -> dict[str, A
             return f"{function} decides twice with different outcomes in one turn"
     expect: dict[str, Any] = {}
     out: dict[str, Any] = {}
+    given = step.input
+    if given is not None and given.error:
+        if not step.breaks and step.index > 0:
+            return None  # a failing backend changes nothing: leave the turn out
+        return "the backend or a decision fails here, which a test cannot force"
+    if given is not None and given.unsure:
+        return "the model is unsure here, which a test cannot force"
     if step.index > 0:
         if engine == "exhaustive":
-            given = step.input
             assert given is not None
-            if given.error and not step.breaks:
-                return None  # a failing backend changes nothing: leave the turn out
-            if given.error:
-                return "the model backend fails here, which a test cannot force"
-            if given.unsure:
-                return "the model is unsure here, which a test cannot force"
             text = _message(compiled, step)
             if text is None:
                 return f"no message gives {given} in {step.state}"
@@ -1034,7 +1047,7 @@ def write_counterexamples(
         if isinstance(document, str):
             written.append((result.spec.id, None, document))
             continue
-        example = result.counterexample
+        example = result.concrete
         assert example is not None
         breaking = next((s for s in example.steps if s.breaks), None)
         header = [
@@ -1056,7 +1069,9 @@ def write_counterexamples(
             " that breaks it."
         )
         text = "".join(f"# {line}\n" for line in header)
-        text += yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100)
+        text += yaml.safe_dump(
+            document, sort_keys=False, allow_unicode=True, width=100, default_flow_style=None
+        )
         target = directory / f"{compiled.name}.{result.spec.id}.test.yaml"
         target.write_text(text, encoding="utf-8")
         written.append((result.spec.id, target, ""))
