@@ -490,11 +490,15 @@ class _Runner:
             flags[0] = flags[0] or hit
             return False
         if kind == "never_both":
+            first = _any(spec.target, event, False)
+            second = _any(spec.other, event, False)
+            if (flags[0] or first) and (flags[1] or second):
+                return True
             if _any(spec.reset, event, False):
                 flags[0] = flags[1] = False
-            flags[0] = flags[0] or _any(spec.target, event, False)
-            flags[1] = flags[1] or _any(spec.other, event, False)
-            return flags[0] and flags[1]
+            flags[0] = flags[0] or first
+            flags[1] = flags[1] or second
+            return False
         return False
 
     def fail(

@@ -19,6 +19,7 @@ Two engines, both run by `verify`:
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 from collections import deque
@@ -316,6 +317,10 @@ class _Safety:
         self.good = not pessimistic  # the answer for events that protect it
         self.initial: Monitor = (False, False) if spec.kind == "never_both" else (False,)
         self._memo: dict[tuple[Monitor, int], tuple[Monitor, int | None]] = {}
+        # Events of other kinds cannot change the monitor.
+        self._kinds = frozenset(
+            m.kind for m in (*spec.target, *spec.guard, *spec.other, *spec.reset)
+        )
 
     def step(self, state: Monitor, events: tuple[Event, ...]) -> tuple[Monitor, int | None]:
         """The monitor after ``events``, and the index of the event that breaks it, if any."""
@@ -331,7 +336,10 @@ class _Safety:
         spec, bad, good = self.spec, self.bad, self.good
         kind = spec.kind
         flags = list(state)
+        kinds = self._kinds
         for index, event in enumerate(events):
+            if event.kind not in kinds:
+                continue
             if kind == "never":
                 if _any(spec.target, event, bad):
                     return tuple(flags), index
@@ -358,12 +366,14 @@ class _Safety:
                 if hit:
                     flags[0] = True
             elif kind == "never_both":
+                first = _any(spec.target, event, bad)
+                second = _any(spec.other, event, bad)
+                if (flags[0] or first) and (flags[1] or second):
+                    return tuple(flags), index
                 if _any(spec.reset, event, good):
                     flags = [False, False]
-                flags[0] = flags[0] or _any(spec.target, event, bad)
-                flags[1] = flags[1] or _any(spec.other, event, bad)
-                if flags[0] and flags[1]:
-                    return tuple(flags), index
+                flags[0] = flags[0] or first
+                flags[1] = flags[1] or second
         return tuple(flags), None
 
 
@@ -452,6 +462,13 @@ def _finish_turn(machine: AbstractMachine, hops: list[_Hop]) -> list[_Hop]:
 
 def _shortest_paths(machine: AbstractMachine) -> dict[Node, tuple[int, _Hop | None]]:
     """Fewest user turns to reach each node, with the hop that reaches it (0-1 BFS)."""
+    cached: dict[Node, tuple[int, _Hop | None]] | None = machine.analyses.get("paths")
+    if cached is None:
+        cached = machine.analyses["paths"] = _search_paths(machine)
+    return cached
+
+
+def _search_paths(machine: AbstractMachine) -> dict[Node, tuple[int, _Hop | None]]:
     best: dict[Node, tuple[int, _Hop | None]] = {machine.start: (0, None)}
     queue: deque[Node] = deque([machine.start])
     done: set[Node] = set()
@@ -777,6 +794,13 @@ def exhaustive(
 
 # --- both engines -----------------------------------------------------------------------------
 
+SEARCH_INSTALL = "pip install 'sopagent[verify]'"
+
+
+def _has_hypothesis() -> bool:
+    return importlib.util.find_spec("hypothesis") is not None
+
+
 Progress = Callable[[str, int, int | None], None]
 """Called with a stage (``explore``, ``search``), work done and the total if known."""
 
@@ -821,7 +845,10 @@ def verify(
         report.nodes = len(machine.nodes)
         report.steps = machine.calls
         report.unreadable = tuple(sorted(n for n, u in machine.updates.items() if u is None))
-    if "search" in chosen and specs:
+    if "search" in chosen and specs and not _has_hypothesis():
+        missing = EngineResult("skipped", f"Hypothesis is not installed: {SEARCH_INSTALL}")
+        search_results = dict.fromkeys((s.id for s in specs), missing)
+    elif "search" in chosen and specs:
         from sopagent._search import search  # noqa: PLC0415 (imports Hypothesis)
 
         started = time.perf_counter()
@@ -995,6 +1022,8 @@ def _test_step(step: Step, compiled: CompiledPolicy, engine: str) -> dict[str, A
     if step.index > 0:
         if engine == "exhaustive":
             assert given is not None
+            if given.slots and not _has_hypothesis():
+                return f"writing slot values needs Hypothesis: {SEARCH_INSTALL}"
             text = _message(compiled, step)
             if text is None:
                 return f"no message gives {given} in {step.state}"

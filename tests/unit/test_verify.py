@@ -387,7 +387,7 @@ def test_counterexamples_a_test_cannot_force_are_not_written(write_policy: Write
     report = verify(compiled, engines=["exhaustive"])
     assert report.failed
     reason = conversation_test(report.failed[0], compiled, "policy.yaml")
-    assert reason == "turn 0: the model backend fails here, which a test cannot force"
+    assert reason == "turn 0: the backend or a decision fails here, which a test cannot force"
 
 
 @pytest.mark.parametrize("policy", [REFUND_POLICY, MERCHANT_POLICY])
