@@ -9,11 +9,13 @@ full), a ``never`` that fails (a shortest counterexample is built), and a bounde
 For each size, in one process:
 
 - **exhaustive verify**: `sopagent._verify.verify(compiled, engines=["exhaustive"])`, wall
-  time, median of ``--reps`` runs (each run explores a fresh abstract machine);
+  time, median of ``--reps`` runs (each run explores a fresh abstract machine), and of it the
+  **exploration** alone (`AbstractMachine(compiled).explore()`, timed in the same runs) and the
+  **property checks** (the rest);
 - **steps** and **nodes**: turns of the real agent the exploration ran (one per node and
   input, one per pending decision and outcome) and nodes of the abstract machine;
-- **per step**, against the baseline measured in the same run on the same policy: one real
-  `Agent.respond` turn with a forced intent (NullSink audit), median of 2,000;
+- **exploration per step**, against the baseline measured in the same run on the same policy:
+  one real `Agent.respond` turn with a forced intent (NullSink audit), median of 2,000;
 - **peak memory**: tracemalloc's peak during one more exhaustive run (allocations by Python,
   the machine and its monitors), against the compiled policy's own allocations;
 - **growth**: time, steps and memory over the previous size, next to the growth of states.
@@ -38,6 +40,7 @@ from _report import markdown, median, row, write_json
 from generate_policy import generate
 
 from sopagent import Agent, ScriptedBackend, compile_policy, load_policy
+from sopagent._explore import AbstractMachine
 from sopagent._verify import verify
 from sopagent.audit import NullSink
 
@@ -97,12 +100,17 @@ def measure(states: int, reps: int, workdir: Path) -> dict[str, Any]:
     _, compiled_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     times = []
+    explored = []
     report = None
     for _ in range(reps):
         gc.collect()
         started = time.perf_counter()
         report = verify(compiled, engines=["exhaustive"])
         times.append(time.perf_counter() - started)
+        gc.collect()
+        started = time.perf_counter()
+        AbstractMachine(compiled).explore()
+        explored.append(time.perf_counter() - started)
     assert report is not None
     gc.collect()
     tracemalloc.start()
@@ -111,14 +119,17 @@ def measure(states: int, reps: int, workdir: Path) -> dict[str, Any]:
     tracemalloc.stop()
     baseline = turn_baseline(compiled, 2000 if states <= 1000 else 500)
     seconds = median(times)
+    exploration = median(explored)
     return {
         "states": states,
         "intents": INTENTS,
         "seconds": seconds,
         "runs": times,
+        "explore_seconds": exploration,
+        "explore_runs": explored,
         "nodes": report.nodes,
         "steps": report.steps,
-        "per_step": seconds / report.steps,
+        "per_step": exploration / report.steps,
         "turn": baseline,
         "peak_bytes": peak,
         "compiled_peak_bytes": compiled_peak,

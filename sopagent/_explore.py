@@ -23,6 +23,7 @@ conversations with the real decision functions.
 from __future__ import annotations
 
 import ast
+import gc
 import inspect
 import itertools
 import textwrap
@@ -666,19 +667,30 @@ class AbstractMachine:
         return moves
 
     def explore(self, progress: Callable[[int], None] | None = None) -> int:
-        """Explore every node reachable from the start; return how many there are."""
+        """Explore every node reachable from the start; return how many there are.
+
+        The cyclic garbage collector is paused meanwhile: the machine only grows, and on large
+        policies collections would scan it over and over (a third of the time at 10,000
+        states).
+        """
         seen = {self.start}
         queue = deque([self.start])
-        while queue:
-            node = queue.popleft()
-            for move in self.moves(node):
-                for branch in move.branches:
-                    target = branch.target
-                    if target is not None and target not in seen:
-                        seen.add(target)
-                        queue.append(target)
-            if progress is not None:
-                progress(len(seen))
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            while queue:
+                node = queue.popleft()
+                for move in self.moves(node):
+                    for branch in move.branches:
+                        target = branch.target
+                        if target is not None and target not in seen:
+                            seen.add(target)
+                            queue.append(target)
+                if progress is not None:
+                    progress(len(seen))
+        finally:
+            if paused:
+                gc.enable()
         return len(seen)
 
     @property

@@ -26,6 +26,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from sopagent._explore import Event, Recorder
+from sopagent._findings import Counterexample, EngineResult, Step, any_match
 from sopagent._properties import PropertySpec
 from sopagent._slots import SlotType
 from sopagent.policy import (
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
     from hypothesis import strategies as st
 
     from sopagent._compile import CompiledPolicy, CompiledState
-    from sopagent._verify import Counterexample, EngineResult, Step
 
 __all__ = ["ModuleState", "search", "slot_text", "value_strategy"]
 
@@ -216,8 +216,6 @@ def search(
     Returns:
         The result of each property, and how many conversations ran.
     """
-    from sopagent._verify import EngineResult  # noqa: PLC0415 (circular at import time)
-
     results: dict[str, EngineResult] = {}
     checked = [s for s in specs if s.kind != "reachable"]
     for spec in specs:
@@ -271,8 +269,6 @@ class _Runner:
         }
 
     def counterexample(self, found: _Found) -> Counterexample:
-        from sopagent._verify import Counterexample  # noqa: PLC0415
-
         return Counterexample("search", tuple(found.steps), found.facts, found.note)
 
     def run(self, specs: Sequence[PropertySpec], *, examples: int, seed: int) -> _Found | None:
@@ -393,8 +389,6 @@ class _Runner:
         return chosen
 
     def step(self, index: int, turn: Any, text: str | None, forced: bool) -> Step:
-        from sopagent._verify import Step  # noqa: PLC0415
-
         return Step(
             index=index,
             state=turn.state_before,
@@ -421,13 +415,11 @@ class _Runner:
         saying: str | None,
         failed: bool = False,
     ) -> None:
-        from sopagent._verify import _any  # noqa: PLC0415
-
         for spec in watch.specs:
             flags = watch.flags[spec.id]
             if spec.kind == "leads_to":
                 window = watch.windows[spec.id]
-                if any(_any(spec.target, e, False) for e in events) and not failed:
+                if any(any_match(spec.target, e, False) for e in events) and not failed:
                     window.turns = 0
                     continue
                 counts = spec.saying is None or (saying is not None and saying in spec.saying)
@@ -460,41 +452,39 @@ class _Runner:
 
     @staticmethod
     def breaks(spec: PropertySpec, flags: list[bool], event: Event) -> bool:
-        from sopagent._verify import _any  # noqa: PLC0415
-
         kind = spec.kind
         if kind == "never":
-            return _any(spec.target, event, False)
+            return any_match(spec.target, event, False)
         if kind == "before":
-            if _any(spec.target, event, False) and not flags[0]:
+            if any_match(spec.target, event, False) and not flags[0]:
                 return True
-            if _any(spec.reset, event, False):
+            if any_match(spec.reset, event, False):
                 flags[0] = False
-            if _any(spec.guard, event, False):
+            if any_match(spec.guard, event, False):
                 flags[0] = True
             return False
         if kind == "after":
-            if _any(spec.target, event, False) and flags[0]:
+            if any_match(spec.target, event, False) and flags[0]:
                 return True
-            if _any(spec.reset, event, False):
+            if any_match(spec.reset, event, False):
                 flags[0] = False
-            if _any(spec.guard, event, False):
+            if any_match(spec.guard, event, False):
                 flags[0] = True
             return False
         if kind == "at_most_once":
-            hit = _any(spec.target, event, False)
+            hit = any_match(spec.target, event, False)
             if hit and flags[0]:
                 return True
-            if _any(spec.reset, event, False):
+            if any_match(spec.reset, event, False):
                 flags[0] = False
             flags[0] = flags[0] or hit
             return False
         if kind == "never_both":
-            first = _any(spec.target, event, False)
-            second = _any(spec.other, event, False)
+            first = any_match(spec.target, event, False)
+            second = any_match(spec.other, event, False)
             if (flags[0] or first) and (flags[1] or second):
                 return True
-            if _any(spec.reset, event, False):
+            if any_match(spec.reset, event, False):
                 flags[0] = flags[1] = False
             flags[0] = flags[0] or first
             flags[1] = flags[1] or second

@@ -24,14 +24,15 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
 from sopagent._explore import AbstractMachine, Branch, Event, Input, Move, Node, TurnPath
-from sopagent._properties import Matcher, PropertySpec, compile_properties
+from sopagent._findings import Counterexample, EngineResult, Step, any_match
+from sopagent._properties import PropertySpec, compile_properties
 from sopagent.policy import OUT_OF_SCOPE
 
 if TYPE_CHECKING:
@@ -50,133 +51,6 @@ __all__ = [
     "verify",
     "write_counterexamples",
 ]
-
-Status = Literal["proved", "violated", "unknown", "passed", "skipped"]
-
-
-# --- results ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Step:
-    """One turn of a counterexample.
-
-    Attributes:
-        index: 0 for the opening, then 1, 2, ... per user message.
-        state: the state the turn started in.
-        input: what the adversary answered (exhaustive engine), ``None`` for the opening.
-        text: what the user wrote (search engine).
-        intent: the label classified, if any; ``forced`` when it was given, not classified.
-        slots: slot values found (search engine, JSON form).
-        path: states entered.
-        responses: response ids said.
-        decisions: ``(state, function, outcome)`` in order.
-        ended: whether the conversation ended.
-        failed: the turn took the error route.
-        breaks: the event that breaks the property, when it happens in this turn.
-    """
-
-    index: int
-    state: str
-    input: Input | None = None
-    text: str | None = None
-    intent: str | None = None
-    forced: bool = False
-    slots: Mapping[str, Any] = field(default_factory=dict)
-    path: tuple[str, ...] = ()
-    responses: tuple[str, ...] = ()
-    decisions: tuple[tuple[str, str, str], ...] = ()
-    ended: bool = False
-    failed: bool = False
-    breaks: str | None = None
-    other_choice: bool = False
-
-    @property
-    def state_after(self) -> str:
-        """The state the turn ended in."""
-        return self.path[-1] if self.path and not self.failed else self.state
-
-    def to_json(self) -> dict[str, Any]:
-        """The step as plain JSON."""
-        return {
-            "turn": self.index,
-            "state_before": self.state,
-            "input": None if self.input is None else _input_json(self.input),
-            "text": self.text,
-            "intent": self.intent,
-            "slots": dict(self.slots),
-            "path": list(self.path),
-            "state_after": self.state_after,
-            "responses": list(self.responses),
-            "decisions": [f"{f}={o}" for _, f, o in self.decisions],
-            "ended": self.ended,
-            "failed": self.failed,
-            "breaks": self.breaks,
-        }
-
-
-def _input_json(given: Input) -> dict[str, Any]:
-    return {
-        "label": given.label,
-        "slots": {slot: "valid" if valid else "invalid" for slot, valid in given.slots},
-        "unsure": given.unsure,
-        "error": given.error,
-    }
-
-
-@dataclass(frozen=True)
-class Counterexample:
-    """A conversation that breaks a property, as a transcript.
-
-    Attributes:
-        engine: ``exhaustive`` or ``search``.
-        steps: the turns, the opening first.
-        facts: facts the host passed at the start (search engine).
-        note: what the transcript shows, in words.
-        from_step: for ``reachable`` and ``leads_to``: the turn from which the property is
-            shown to fail (the turns after it, if any, are the witness).
-    """
-
-    engine: str
-    steps: tuple[Step, ...]
-    facts: Mapping[str, Any] = field(default_factory=dict)
-    note: str = ""
-    from_step: int | None = None
-
-    @property
-    def turns(self) -> int:
-        """User turns in the transcript."""
-        return max(0, len(self.steps) - 1)
-
-    def to_json(self) -> dict[str, Any]:
-        """The counterexample as plain JSON."""
-        return {
-            "engine": self.engine,
-            "turns": self.turns,
-            "note": self.note,
-            "facts": dict(self.facts),
-            "from_turn": self.from_step,
-            "steps": [s.to_json() for s in self.steps],
-        }
-
-
-@dataclass(frozen=True)
-class EngineResult:
-    """What one engine found about one property."""
-
-    status: Status
-    detail: str = ""
-    counterexample: Counterexample | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """The result as plain JSON."""
-        return {
-            "status": self.status,
-            "detail": self.detail,
-            "counterexample": None
-            if self.counterexample is None
-            else self.counterexample.to_json(),
-        }
 
 
 @dataclass(frozen=True)
@@ -267,38 +141,6 @@ class Report:
         }
 
 
-# --- matching events ------------------------------------------------------------------------
-
-
-def matches(matcher: Matcher, event: Event, assume: bool) -> bool:
-    """Whether ``event`` is one ``matcher`` describes.
-
-    ``assume`` is the answer when it depends on values the abstract machine does not know
-    (a ``where`` condition, or an event that may not happen).
-    """
-    if event.kind != matcher.kind:
-        return False
-    if matcher.kind == "ended":
-        pass
-    elif event.name not in matcher.names:
-        return False
-    if matcher.states is not None and event.state not in matcher.states:
-        return False
-    if matcher.outcome is not None and event.outcome != matcher.outcome:
-        return False
-    if event.maybe:
-        return assume
-    if matcher.where is None:
-        return True
-    if event.values is None:
-        return assume
-    return matcher.where(event.values)
-
-
-def _any(matchers: Sequence[Matcher], event: Event, assume: bool) -> bool:
-    return any(matches(m, event, assume) for m in matchers)
-
-
 # --- safety monitors ------------------------------------------------------------------------
 
 Monitor = tuple[bool, ...]
@@ -341,36 +183,36 @@ class _Safety:
             if event.kind not in kinds:
                 continue
             if kind == "never":
-                if _any(spec.target, event, bad):
+                if any_match(spec.target, event, bad):
                     return tuple(flags), index
             elif kind == "before":
-                if _any(spec.target, event, bad) and not flags[0]:
+                if any_match(spec.target, event, bad) and not flags[0]:
                     return tuple(flags), index
-                if _any(spec.reset, event, bad):
+                if any_match(spec.reset, event, bad):
                     flags[0] = False
-                if _any(spec.guard, event, good):
+                if any_match(spec.guard, event, good):
                     flags[0] = True
             elif kind == "after":
-                if _any(spec.target, event, bad) and flags[0]:
+                if any_match(spec.target, event, bad) and flags[0]:
                     return tuple(flags), index
-                if _any(spec.reset, event, good):
+                if any_match(spec.reset, event, good):
                     flags[0] = False
-                if _any(spec.guard, event, bad):
+                if any_match(spec.guard, event, bad):
                     flags[0] = True
             elif kind == "at_most_once":
-                hit = _any(spec.target, event, bad)
+                hit = any_match(spec.target, event, bad)
                 if hit and flags[0]:
                     return tuple(flags), index
-                if _any(spec.reset, event, good):
+                if any_match(spec.reset, event, good):
                     flags[0] = False
                 if hit:
                     flags[0] = True
             elif kind == "never_both":
-                first = _any(spec.target, event, bad)
-                second = _any(spec.other, event, bad)
+                first = any_match(spec.target, event, bad)
+                second = any_match(spec.other, event, bad)
                 if (flags[0] or first) and (flags[1] or second):
                     return tuple(flags), index
-                if _any(spec.reset, event, good):
+                if any_match(spec.reset, event, good):
                     flags = [False, False]
                 flags[0] = flags[0] or first
                 flags[1] = flags[1] or second
@@ -570,7 +412,7 @@ def _winning(machine: AbstractMachine, spec: PropertySpec, assume: bool) -> set[
     queue: deque[Node] = deque()
 
     def hit(branch: Branch) -> bool:
-        return not branch.failed and any(_any(spec.target, e, assume) for e in branch.events)
+        return not branch.failed and any(any_match(spec.target, e, assume) for e in branch.events)
 
     for node in nodes:
         for index, move in enumerate(machine.moves(node)):
@@ -621,7 +463,7 @@ def _check_leads_to(
     rests = [n for n in paths if n.kind == "rest"]
 
     def hits(turn: TurnPath) -> bool:
-        return not turn.failed and any(_any(spec.target, e, assume) for e in turn.events)
+        return not turn.failed and any(any_match(spec.target, e, assume) for e in turn.events)
 
     options: dict[Node, list[tuple[Input, TurnPath]]] = {}
     for node in rests:
