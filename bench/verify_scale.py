@@ -14,8 +14,11 @@ For each size, in one process:
   **property checks** (the rest);
 - **steps** and **nodes**: turns of the real agent the exploration ran (one per node and
   input, one per pending decision and outcome) and nodes of the abstract machine;
-- **exploration per step**, against the baseline measured in the same run on the same policy:
-  one real `Agent.respond` turn with a forced intent (NullSink audit), median of 2,000;
+- **exploration per step**: the exploration's time over its steps (a mean, so it takes in
+  every pause of a shared machine), and **one step**: 2,000 steps of the explored machine
+  timed one by one (a median), both against the baseline measured in the same run on the
+  same policy: one real `Agent.respond` turn with a forced intent (NullSink audit), median of
+  2,000;
 - **peak memory**: tracemalloc's peak during one more exhaustive run (allocations by Python,
   the machine and its monitors), against the compiled policy's own allocations;
 - **growth**: time, steps and memory over the previous size, next to the growth of states.
@@ -91,6 +94,24 @@ def turn_baseline(compiled: Any, samples: int) -> float:
     return median(times)
 
 
+def step_timing(compiled: Any, samples: int) -> float:
+    """Median seconds of one abstract step, over the first ``samples`` of an explored machine."""
+    machine = AbstractMachine(compiled)
+    machine.explore()
+    moves = [
+        (node, move.input)
+        for node in machine.nodes
+        if node.kind == "rest"
+        for move in machine.moves(node)
+    ][:samples]
+    times = []
+    for node, given in moves:
+        started = time.perf_counter()
+        machine._step(node, given)
+        times.append(time.perf_counter() - started)
+    return median(times)
+
+
 def measure(states: int, reps: int, workdir: Path) -> dict[str, Any]:
     path = generate(
         workdir / f"gen{states}", states=states, intents=INTENTS, properties=properties(states)
@@ -117,7 +138,8 @@ def measure(states: int, reps: int, workdir: Path) -> dict[str, Any]:
     verify(compiled, engines=["exhaustive"])
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    baseline = turn_baseline(compiled, 2000 if states <= 1000 else 500)
+    baseline = turn_baseline(compiled, 2000)
+    one_step = step_timing(compiled, 2000)
     seconds = median(times)
     exploration = median(explored)
     return {
@@ -131,6 +153,7 @@ def measure(states: int, reps: int, workdir: Path) -> dict[str, Any]:
         "steps": report.steps,
         "per_step": exploration / report.steps,
         "turn": baseline,
+        "one_step": one_step,
         "peak_bytes": peak,
         "compiled_peak_bytes": compiled_peak,
         "verdicts": {r.spec.id: r.verdict for r in report.results},
@@ -157,9 +180,29 @@ def rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         )
         out.append(
             row(
-                f"{size}: per step",
+                f"{size}: of which exploration",
+                r["explore_seconds"] * 1000,
+                "ms",
+                n=n,
+                baseline=r["seconds"] * 1000,
+                baseline_name="exhaustive verify",
+            )
+        )
+        out.append(
+            row(
+                f"{size}: exploration per step (mean)",
                 r["per_step"] * 1e6,
                 "µs",
+                baseline=r["turn"] * 1e6,
+                baseline_name="one real forced-intent turn",
+            )
+        )
+        out.append(
+            row(
+                f"{size}: one step (median)",
+                r["one_step"] * 1e6,
+                "µs",
+                n=2000,
                 baseline=r["turn"] * 1e6,
                 baseline_name="one real forced-intent turn",
             )

@@ -419,15 +419,18 @@ def _winning(machine: AbstractMachine, spec: PropertySpec, assume: bool) -> set[
             if move.input is not None and move.input.error:
                 continue
             open_branches = 0
+            lost = False
             for branch in move.branches:
                 if hit(branch):
                     continue
                 target = branch.target
                 if branch.failed or target is None or target.kind == "ended":
-                    open_branches += 1_000_000  # never won through this branch
-                    continue
+                    lost = True  # the environment can take this branch: the move never wins
+                    break
                 open_branches += 1
                 waiting.setdefault(target, []).append((node, index))
+            if lost:
+                continue
             counters[(node, index)] = open_branches
             if open_branches == 0 and node not in winning:
                 winning.add(node)
@@ -435,6 +438,8 @@ def _winning(machine: AbstractMachine, spec: PropertySpec, assume: bool) -> set[
     while queue:
         node = queue.popleft()
         for owner in waiting.get(node, ()):
+            if owner not in counters:
+                continue  # a move with a losing branch
             counters[owner] -= 1
             if counters[owner] == 0 and owner[0] not in winning:
                 winning.add(owner[0])
