@@ -5,7 +5,8 @@ directory and returns the policy's path. The machine is a seeded random graph th
 connected and realistic: most states wait for input and route a few intents onward (a chain
 keeps every state reachable, extra routes jump forward and back), every tenth state runs a
 decision function with two outcomes, one state in fifty collects a slot, and the last state is
-terminal. The same arguments always give the same files.
+terminal. The same arguments always give the same files. ``properties`` adds a
+``properties:`` section (for `sopagent verify`).
 
     python bench/generate_policy.py --states 1000 --intents 20 --out /tmp/gen
 """
@@ -98,7 +99,14 @@ def _documents(states: int, intents: int, seed: int) -> tuple[dict[str, object],
     return policy, catalog
 
 
-def generate(directory: Path, *, states: int = 1000, intents: int = 20, seed: int = 0) -> Path:
+def generate(
+    directory: Path,
+    *,
+    states: int = 1000,
+    intents: int = 20,
+    seed: int = 0,
+    properties: dict[str, object] | None = None,
+) -> Path:
     """Write a generated policy, catalog and decision module into ``directory``.
 
     Args:
@@ -106,6 +114,8 @@ def generate(directory: Path, *, states: int = 1000, intents: int = 20, seed: in
         states: number of states (at least 2).
         intents: number of intents (at least 1).
         seed: seeds the random routes.
+        properties: the policy's ``properties`` section, as YAML data (states are named
+            ``s0`` to ``s<states-1>``, intents ``intent_0``..., responses ``say_s<i>``).
 
     Returns:
         The path of the policy file.
@@ -113,6 +123,8 @@ def generate(directory: Path, *, states: int = 1000, intents: int = 20, seed: in
     if states < 2 or intents < 1:
         raise ValueError("a generated policy needs at least 2 states and 1 intent")
     policy, catalog = _documents(states, intents, seed)
+    if properties:
+        policy["properties"] = properties
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "catalog.yaml").write_text(yaml.safe_dump(catalog, sort_keys=False))
     (directory / "decisions.py").write_text(_DECISIONS)

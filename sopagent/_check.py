@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from sopagent._properties import check_properties
 from sopagent.decisions import DecisionFunction, decision_functions, import_decision_module
 from sopagent.errors import Problem
 from sopagent.policy import OUT_OF_SCOPE, Catalog, Policy, Route
@@ -52,7 +53,9 @@ def check_policy(
     functions: Mapping[str, DecisionFunction],
 ) -> list[Problem]:
     """Return every reference problem of ``policy`` against ``catalog`` and ``functions``."""
-    return sorted(_Checker(policy, catalog, functions).run(), key=Problem.sort_key)
+    problems = _Checker(policy, catalog, functions).run()
+    problems += check_properties(policy, catalog, functions)
+    return sorted(problems, key=Problem.sort_key)
 
 
 class _Checker:

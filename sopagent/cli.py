@@ -9,12 +9,15 @@ Commands:
 * ``graph POLICY``: print the compiled state machine as Mermaid or Graphviz;
 * ``eval POLICY --data FILE``: intent accuracy, F1, calibration and cost on labelled examples;
 * ``export-labels AUDIT...``: labelled examples from audit logs, to review and evaluate on;
-* ``export-finetune POLICY --data FILE``: OpenAI chat fine-tuning data from labelled examples.
+* ``export-finetune POLICY --data FILE``: OpenAI chat fine-tuning data from labelled examples;
+* ``verify POLICY``: prove the policy's properties, or print shortest counterexamples;
+* ``diff OLD NEW``: what changed between two versions, down to the conversations possible;
+* ``replay AUDIT... --policy NEW``: logged conversations that a new version would change.
 
-Exit codes: 0 success, 2 authoring or usage errors (`sopagent.errors.PolicyError`, bad
-options, malformed input files), 3 run-time faults (`sopagent.errors.RuntimeFault`, the
-embedded backend missing). Heavy modules (rich, the embedded model) are imported only by the
-commands that need them.
+Exit codes: 0 success, 1 findings (``verify``, ``diff``, ``replay``), 2 authoring or usage
+errors (`sopagent.errors.PolicyError`, bad options, malformed input files), 3 run-time faults
+(`sopagent.errors.RuntimeFault`, the embedded backend missing). Heavy modules (rich, the
+embedded model) are imported only by the commands that need them.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from enum import StrEnum
@@ -1049,6 +1052,250 @@ def export_finetune(
         rows = [{"text": e.text, "intent": e.intent, "state": e.state} for e in examples]
         count = _write_lines(fine_tuning_records(compiled, rows), out)
         _err(f"{count} fine-tuning record{'s' if count != 1 else ''}")
+
+
+# --- verify, diff, replay --------------------------------------------------------------------
+
+
+class Engine(StrEnum):
+    """An engine of ``sopagent verify``."""
+
+    exhaustive = "exhaustive"
+    search = "search"
+
+
+@contextmanager
+def _progress(label: str) -> Iterator[Callable[[str, int, int | None], None]]:
+    """A progress display on stderr (only on a terminal) fed by ``(stage, done, total)``."""
+    from rich.console import Console  # noqa: PLC0415
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn  # noqa: PLC0415
+
+    console = Console(stderr=True)
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TextColumn("{task.completed}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    ) as progress:
+        tasks: dict[str, Any] = {}
+        names = {
+            "explore": f"{label}: exploring (nodes)",
+            "search": f"{label}: searching (conversations)",
+            "product": f"{label}: comparing (pairs)",
+        }
+
+        def update(stage: str, done: int, total: int | None) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(names.get(stage, stage), total=total)
+            progress.update(tasks[stage], completed=done)
+
+        yield update
+
+
+@app.command()
+def verify(
+    policy: PolicyArg,
+    *,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the report as one JSON object.")
+    ] = False,
+    engine: Annotated[
+        list[Engine] | None,
+        typer.Option(
+            "--engine",
+            help="exhaustive (every label and outcome, on the abstract machine) or search"
+            " (generated conversations with the real decision functions). Default: both.",
+            show_default=False,
+        ),
+    ] = None,
+    max_turns: Annotated[
+        int,
+        typer.Option("--max-turns", min=1, max=200, help="User turns per generated conversation."),
+    ] = 12,
+    examples: Annotated[
+        int, typer.Option("--examples", min=1, help="Conversations the search generates.")
+    ] = 200,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the search.")] = 0,
+    deadline: Annotated[
+        float | None,
+        typer.Option(
+            "--deadline",
+            min=0.0,
+            help="Seconds after which the search starts no new conversation.",
+            show_default=False,
+        ),
+    ] = None,
+    save: Annotated[
+        Path | None,
+        typer.Option(
+            "--save-counterexamples",
+            metavar="DIR",
+            help="Write each counterexample as a conversation test (*.test.yaml) into DIR.",
+            show_default=False,
+        ),
+    ] = None,
+    require_proof: Annotated[
+        bool,
+        typer.Option(
+            "--require-proof",
+            help="Fail unless every property is proved for all conversations (not only tested).",
+        ),
+    ] = False,
+) -> None:
+    """Prove the policy's properties whatever the model says, or print counterexamples.
+
+    Exits 0 when every property holds, 1 when one fails, 2 on errors in the policy or options.
+    """
+    from sopagent._verify import render, write_counterexamples  # noqa: PLC0415
+    from sopagent._verify import verify as run_verify  # noqa: PLC0415
+
+    with _reporting():
+        compiled = _compile(policy)
+        engines = [e.value for e in engine] if engine else ["exhaustive", "search"]
+        with _progress(compiled.name) as update:
+            report = run_verify(
+                compiled,
+                engines=engines,
+                examples=examples,
+                max_turns=max_turns,
+                seed=seed,
+                deadline=deadline,
+                progress=update,
+            )
+        saved: list[tuple[str, Path | None, str]] = []
+        if save is not None and report.failed:
+            try:
+                saved = write_counterexamples(report, compiled, save, policy)
+            except OSError as exc:
+                _err(f"error: cannot write to {save}: {exc.strerror}")
+                raise typer.Exit(2) from None
+        if json_output:
+            document = report.to_json()
+            document["saved"] = [
+                {
+                    "property": pid,
+                    "file": None if path is None else str(path),
+                    "reason": why or None,
+                }
+                for pid, path, why in saved
+            ]
+            typer.echo(json.dumps(document, indent=2, ensure_ascii=False))
+        else:
+            sys.stdout.write(render(report))
+            if not report.results:
+                _err(f"note: {policy} declares no properties")
+            for pid, path, why in saved:
+                _err(f"saved {pid}: {path}" if path is not None else f"not saved {pid}: {why}")
+        unproved = [r for r in report.results if r.verdict != "proved"]
+        if report.failed or (require_proof and unproved):
+            raise typer.Exit(1)
+
+
+@app.command(name="diff")
+def diff_command(
+    old: Annotated[Path, typer.Argument(help="Policy in use.", show_default=False)],
+    new: Annotated[Path, typer.Argument(help="New version of the policy.", show_default=False)],
+    *,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the diff as one JSON object.")
+    ] = False,
+    max_turns: Annotated[
+        int,
+        typer.Option(
+            "--max-turns", min=1, max=50, help="User turns the conversation comparison looks ahead."
+        ),
+    ] = 6,
+    limit: Annotated[
+        int, typer.Option("--limit", min=1, help="Shortest witnesses shown per direction.")
+    ] = 20,
+) -> None:
+    """What changed between two versions: structure, wording, approvals, conversations.
+
+    Exits 0 when the versions cannot behave differently, 1 when they can, 2 on load errors.
+    """
+    from sopagent._diff import diff_policies, render  # noqa: PLC0415
+
+    with _reporting():
+        before, after = _compile(old), _compile(new)
+        with _progress(after.name) as update:
+            result = diff_policies(
+                before,
+                after,
+                max_turns=max_turns,
+                limit=limit,
+                progress=lambda n: update("product", n, None),
+            )
+        if json_output:
+            typer.echo(json.dumps(result.to_json(), indent=2, ensure_ascii=False, default=str))
+        else:
+            sys.stdout.write(render(result))
+        if result.semantic:
+            raise typer.Exit(1)
+
+
+@app.command()
+def replay(
+    audit: Annotated[
+        list[Path], typer.Argument(help="JSON-lines audit logs (--audit).", show_default=False)
+    ],
+    *,
+    policy: Annotated[
+        Path, typer.Option("--policy", help="The version to replay on.", show_default=False)
+    ],
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object per conversation, as a list.")
+    ] = False,
+    fact: FactOpt = None,
+) -> None:
+    """Replay logged conversations on a policy version, with their recorded labels.
+
+    Reports every conversation whose path or responses change, with the first turn that
+    differs. Exits 0 when none changed, 1 when some did, 2 on errors in the files.
+    """
+    from sopagent._replay import replay as run_replay  # noqa: PLC0415
+
+    with _reporting():
+        compiled = _compile(policy)
+        events: list[tuple[Location, dict[str, Any]]] = []
+        problems: list[Problem] = []
+        for path in audit:
+            name, items, found = _json_lines(path)
+            problems += found
+            events += [(Location(name, n, 1), e) for n, e in items if isinstance(e, dict)]
+        if problems:
+            raise PolicyLoadError(problems)
+        try:
+            results = run_replay(compiled, events, facts=_parse_facts(fact))
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--fact") from exc
+        changed = [r for r in results if r.status == "changed"]
+        if json_output:
+            typer.echo(json.dumps([r.to_json() for r in results], indent=2, ensure_ascii=False))
+        else:
+            for result in results:
+                if result.status == "changed":
+                    typer.echo(
+                        f"{result.location}: {result.session_id}: changed at turn {result.turn}"
+                    )
+                    for key in result.differs:
+                        typer.echo(f"    {key}: {result.old.get(key)} -> {result.new.get(key)}")
+                elif result.status == "unreplayable":
+                    typer.echo(
+                        f"{result.location}: {result.session_id}: not replayed from turn"
+                        f" {result.turn}: {result.reason}"
+                    )
+            unreplayable = sum(1 for r in results if r.status == "unreplayable")
+            _err(
+                f"{len(results)} conversation{'s' if len(results) != 1 else ''} replayed on"
+                f" {compiled.name} {compiled.hash}: {len(changed)} changed,"
+                f" {len(results) - len(changed) - unreplayable} the same,"
+                f" {unreplayable} not replayable"
+            )
+        if changed:
+            raise typer.Exit(1)
 
 
 # --- entry point -----------------------------------------------------------------------------

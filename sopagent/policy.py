@@ -14,26 +14,51 @@ import string
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from sopagent.errors import Location
 
 __all__ = [
+    "AtMostOnceProperty",
     "BooleanSlot",
     "Catalog",
     "Confidence",
     "DateSlot",
     "DecimalSlot",
+    "DecisionEvent",
+    "EndedEvent",
     "EnumSlot",
+    "Event",
+    "Events",
+    "FilledEvent",
     "GlobalRoutes",
     "IntegerSlot",
     "Intent",
+    "IntentEvent",
+    "LeadsToProperty",
     "MoneySlot",
+    "NeverBothProperty",
+    "NeverProperty",
     "Policy",
+    "Property",
+    "ReachableProperty",
     "Response",
     "Route",
+    "SayEvent",
     "Slot",
     "State",
+    "StateEvent",
     "StringSlot",
     "content_hash",
     "placeholders",
@@ -88,6 +113,12 @@ class _SlotBase(_Model):
         default=None, description="Response said when a value was found but failed validation."
     )
     personal: bool = Field(default=False, description="Personal data: masked in audit logs.")
+    examples: list[str | int | float | bool] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Typical valid values. `sopagent verify` tries them first; for facts, it"
+        " starts generated conversations with them as the host would.",
+    )
 
 
 class StringSlot(_SlotBase):
@@ -284,6 +315,212 @@ class GlobalRoutes(_Model):
     )
 
 
+# --- properties -------------------------------------------------------------------------------
+
+# Names in events may be globs: `refund_*` matches every id starting with `refund_`.
+_GLOB = r"^[a-z0-9_*?]+$"
+
+
+def _glob(value: str) -> str:
+    if not re.fullmatch(_GLOB[1:-1], value):
+        raise ValueError(
+            f"{value!r} is not a valid id or glob: lower_snake_case, with * for any characters"
+        )
+    return value
+
+
+Glob = Annotated[
+    str, AfterValidator(_glob), Field(max_length=64, json_schema_extra={"pattern": _GLOB})
+]
+
+
+EVENT_KINDS = ("state", "say", "intent", "decision", "filled", "ended")
+"""The keys that name an event's kind, in the order they are recognised."""
+
+
+class _EventBase(_Model):
+    where: str | None = Field(
+        default=None,
+        max_length=500,
+        description="Only when this condition on slot and fact values holds, e.g."
+        " 'order_total > 100 and not verified'.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_kind(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            kinds = [kind for kind in EVENT_KINDS if kind in value]
+            if len(kinds) > 1:
+                raise ValueError(
+                    f"an event has one kind; this one has {' and '.join(kinds)}:"
+                    " list several events to mean any of them"
+                )
+        return value
+
+
+class StateEvent(_EventBase):
+    """A state is entered."""
+
+    state: Glob = Field(description="State id or glob.")
+
+
+class SayEvent(_EventBase):
+    """A response is said."""
+
+    say: Glob = Field(description="Response id or glob, e.g. refund_*.")
+
+
+class IntentEvent(_EventBase):
+    """A turn's intent is classified (the label the model or a rule gave)."""
+
+    intent: Glob = Field(description="Intent id, out_of_scope, or a glob.")
+    in_: Glob | None = Field(
+        default=None, alias="in", description="Only in these states (id or glob)."
+    )
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class DecisionEvent(_EventBase):
+    """A decision function decides (optionally: one of its outcomes)."""
+
+    decision: Identifier = Field(description="Decision function name.")
+    outcome: Identifier | None = Field(default=None, description="Only this outcome.")
+
+
+class FilledEvent(_EventBase):
+    """A slot or fact is given a value (by the user or by a decision function)."""
+
+    filled: Identifier = Field(description="Slot or fact name.")
+
+
+class EndedEvent(_EventBase):
+    """The conversation ends (a terminal state is entered)."""
+
+    ended: Literal[True]
+
+
+def _event_kind(value: Any) -> str | None:
+    if isinstance(value, dict):
+        kind = next((kind for kind in EVENT_KINDS if kind in value), None)
+    else:
+        kind = next((kind for kind in EVENT_KINDS if hasattr(value, kind)), None)
+    return None if kind is None else f"event:{kind}"
+
+
+def _one_or_many(value: Any) -> Any:
+    return [value] if isinstance(value, dict | str) else value
+
+
+# Tags are not valid keys, so that error locations never mistake them for a key of the file.
+Event = Annotated[
+    Annotated[StateEvent, Tag("event:state")]
+    | Annotated[SayEvent, Tag("event:say")]
+    | Annotated[IntentEvent, Tag("event:intent")]
+    | Annotated[DecisionEvent, Tag("event:decision")]
+    | Annotated[FilledEvent, Tag("event:filled")]
+    | Annotated[EndedEvent, Tag("event:ended")],
+    Discriminator(
+        _event_kind,
+        custom_error_type="event_kind",
+        custom_error_message="an event is a mapping with one of the keys"
+        " state, say, intent, decision, filled, ended",
+    ),
+]
+Events = Annotated[
+    list[Event], BeforeValidator(_one_or_many, json_schema_input_type=Event | list[Event])
+]
+"""One event, or a list of events any of which counts (read as a list)."""
+
+
+class _PropertyBase(_Model):
+    description: str = Field(default="", max_length=1000)
+
+
+class NeverProperty(_PropertyBase):
+    """An event never happens; with ``before`` or ``after``, not before or after another."""
+
+    never: Events
+    before: Events | None = Field(
+        default=None, description="Allowed once one of these has happened (X only after Y)."
+    )
+    after: Events | None = Field(
+        default=None, description="Forbidden once one of these has happened."
+    )
+    reset: Events | None = Field(
+        default=None, description="Forgets that `before` or `after` happened (a new order)."
+    )
+
+    @model_validator(mode="after")
+    def _one_guard(self) -> NeverProperty:
+        if self.before is not None and self.after is not None:
+            raise ValueError("give either 'before' or 'after', not both")
+        if self.reset is not None and self.before is None and self.after is None:
+            raise ValueError("'reset' needs 'before' or 'after'")
+        return self
+
+
+class AtMostOnceProperty(_PropertyBase):
+    """An event happens at most once (or once between resets)."""
+
+    at_most_once: Events
+    reset: Events | None = None
+
+
+class NeverBothProperty(_PropertyBase):
+    """Two events never both happen in one conversation (or between resets)."""
+
+    never_both: tuple[Events, Events]
+    reset: Events | None = None
+
+
+class ReachableProperty(_PropertyBase):
+    """From every state the conversation can be in, the user can still get to an event."""
+
+    reachable: Events
+
+
+class LeadsToProperty(_PropertyBase):
+    """An event happens within a number of turns, from any point, while the user says X."""
+
+    leads_to: Events
+    within: int = Field(ge=1, le=50, description="Turns.")
+    saying: Annotated[
+        list[Glob], BeforeValidator(_one_or_many, json_schema_input_type=Glob | list[Glob])
+    ] = Field(
+        default_factory=list,
+        description="The intents the user keeps saying; by default any message.",
+    )
+
+
+PROPERTY_KINDS = ("never", "at_most_once", "never_both", "reachable", "leads_to")
+"""The keys that name a property's kind."""
+
+
+def _property_kind(value: Any) -> str | None:
+    if isinstance(value, dict):
+        kind = next((kind for kind in PROPERTY_KINDS if kind in value), None)
+    else:
+        kind = next((kind for kind in PROPERTY_KINDS if hasattr(value, kind)), None)
+    return None if kind is None else f"property:{kind}"
+
+
+Property = Annotated[
+    Annotated[NeverProperty, Tag("property:never")]
+    | Annotated[AtMostOnceProperty, Tag("property:at_most_once")]
+    | Annotated[NeverBothProperty, Tag("property:never_both")]
+    | Annotated[ReachableProperty, Tag("property:reachable")]
+    | Annotated[LeadsToProperty, Tag("property:leads_to")],
+    Discriminator(
+        _property_kind,
+        custom_error_type="property_kind",
+        custom_error_message="a property has one of the keys"
+        " never, at_most_once, never_both, reachable, leads_to",
+    ),
+]
+
+
 class Policy(_Sourced):
     """A standard operating procedure: intents, slots, facts, states and their routes."""
 
@@ -312,6 +549,10 @@ class Policy(_Sourced):
     )
     global_: GlobalRoutes = Field(alias="global")
     states: dict[Identifier, State] = Field(min_length=1)
+    properties: dict[Identifier, Property] = Field(
+        default_factory=dict,
+        description="What must hold whatever the model says, proved by `sopagent verify`.",
+    )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
