@@ -150,9 +150,12 @@ def load_state(blob: str | bytes) -> Session:
                 "seed": data["seed"],
             }
         )
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise SessionError(f"not a saved NPC state: {where}: {first['msg']}") from None
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-        detail = exc.error_count() if isinstance(exc, ValidationError) else exc
-        raise SessionError(f"not a saved NPC state: {detail}") from None
+        raise SessionError(f"not a saved NPC state: {type(exc).__name__} {exc}") from None
 
 
 def digest(session: Session) -> str:
