@@ -544,6 +544,29 @@ class Npc:
         """`save_state` of the session (the state before a pending turn, if one runs)."""
         return save_state(self._session)
 
+    def warm(self) -> Future[None] | None:
+        """Have the model evaluate this NPC's prompt now (at level load), on a worker thread.
+
+        Its first turn is then as fast as the others. NPCs of one policy and locale share the
+        prompt, so warming one warms them all.
+
+        Returns:
+            A future done when the prompt is ready, or None if the backend cannot warm.
+        """
+        warm = getattr(self._agent.backend, "warm", None)
+        if not callable(warm):
+            return None
+        compiled = self._agent.compiled
+        locale = self._session.locale
+        table = compiled.locales.get(locale) if locale is not None else None
+        if table is not None and table.vocabulary is not None:
+            vocabulary, key = table.vocabulary, table.key
+        else:
+            vocabulary, key = compiled.vocabulary, compiled.hash
+        executor = self._executor if self._executor is not None else _pool()
+        future: Future[None] = executor.submit(warm, vocabulary, key)
+        return future
+
     def digest(self) -> str:
         """`digest` of the session: equal on two machines that played the same turns."""
         return digest(self._session)

@@ -214,6 +214,7 @@ class _Server:
             record=bool(message.get("record", self.record)),
         )
         turn = npc.start()
+        npc.warm()  # the first line of a new locale is no slower than the others
         self.npcs[name] = npc
         self.reply(request, "turn", npc=name, turn=turn_message(turn))
         return False

@@ -234,6 +234,7 @@ class Game:
             self.say("back", name=name.capitalize())
             return
         npc = Npc(agent, facts=self.world.facts(agent), locale=self.locale, seed=self.seed)
+        npc.warm()
         self.npcs[name] = npc
         turn = npc.start()
         self.show(name, turn)
@@ -360,6 +361,9 @@ def main(argv: list[str] | None = None) -> int:
             backend = sopagent.embedded()
         agents[name] = Agent(compiled, backend, audit=NullSink())
     game = Game(agents, args)
+    for agent in agents.values():
+        # Evaluate each character's prompt while the player reads the introduction.
+        Npc(agent, locale=args.locale).warm()
     interactive = sys.stdin.isatty()
     return game.run(_prompts(game) if interactive else sys.stdin, echo=not interactive)
 

@@ -503,3 +503,30 @@ def test_a_backend_timeout_under_the_budget_is_the_error_line_later() -> None:
     assert turn is not None
     assert turn.response_ids == ("distracted",)
     assert npc.session.state == "shop"
+
+
+def test_warm_evaluates_the_prompt_of_the_npcs_locale() -> None:
+    """warm hands the backend the vocabulary and key its turns in that locale will use."""
+
+    class Warming(GatedBackend):
+        def __init__(self) -> None:
+            super().__init__()
+            self.warmed: list[tuple[int, str]] = []
+
+        def warm(self, vocabulary: tuple[Any, ...], key: str) -> None:
+            self.warmed.append((len(vocabulary), key))
+
+    backend = Warming()
+    german, english = npc_on(backend, locale="de"), npc_on(backend)
+    for npc in (german, english):
+        future = npc.warm()
+        assert future is not None
+        future.result(5)
+    table = compiled().locales["de"]
+    assert table.vocabulary is not None
+    assert backend.warmed == [
+        (len(table.vocabulary), table.key),
+        (len(compiled().vocabulary), compiled().hash),
+    ]
+    assert table.key == compiled().hash + ":de"
+    assert npc_on(ScriptedBackend()).warm() is None
