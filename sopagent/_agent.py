@@ -348,11 +348,19 @@ class Agent:
         facts: Mapping[str, Any] | None = None,
         heard: Heard | None = None,
         tape: list[Heard | None] | None = None,
+        validated: Mapping[str, Any] | None = None,
     ) -> Turn:
-        """Run one turn; ``heard`` replays a recorded understanding, ``tape`` records it."""
+        """Run one turn.
+
+        ``heard`` replays a recorded understanding, ``tape`` records it; ``validated`` holds
+        fact values `game_state` has already validated (then ``facts`` is not used).
+        """
         started = time.perf_counter()
         compiled = self.compiled
-        given = self.game_state(facts) if facts else {}
+        if validated is not None:
+            given: Mapping[str, Any] = validated
+        else:
+            given = self.game_state(facts) if facts else {}
         if session.policy_hash != compiled.hash:
             raise SessionError(
                 f"session {session.id} was started on policy {session.policy}"

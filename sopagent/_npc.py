@@ -26,9 +26,9 @@ import time
 from collections.abc import Mapping
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sopagent._agent import Agent, Heard, pick
 from sopagent._compile import CompiledPolicy
@@ -49,7 +49,7 @@ __all__ = [
     "save_state",
 ]
 
-_FORMAT = 1
+_FORMAT: Literal[1] = 1
 _WORKERS = 4
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
@@ -67,6 +67,27 @@ def _pool() -> ThreadPoolExecutor:
 # --- save and load ------------------------------------------------------------------------------
 
 
+class _Saved(BaseModel):
+    """The compact form of a session: defaults left out, history turns as arrays."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    npc: Literal[1]
+    policy: str
+    hash: str
+    id: str
+    state: str
+    seed: int
+    started: bool = False
+    ended: bool = False
+    turns: int = Field(default=0, ge=0)
+    locale: str | None = None
+    slots: dict[str, Any] = Field(default_factory=dict)
+    facts: dict[str, Any] = Field(default_factory=dict)
+    history: list[tuple[str | None, str | None, str, str]] = Field(default_factory=list)
+    usage: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+
 def save_state(session: Session) -> str:
     """Serialize the complete dialogue state as compact JSON.
 
@@ -74,35 +95,29 @@ def save_state(session: Session) -> str:
     equal to their defaults are left out and history turns are arrays, so a session of a few
     turns takes a few hundred bytes. `load_state` restores it exactly.
     """
-    data: dict[str, Any] = {
-        "npc": _FORMAT,
-        "policy": session.policy,
-        "hash": session.policy_hash,
-        "id": session.id,
-        "state": session.state,
-        "seed": session.seed,
-    }
-    if session.started:
-        data["started"] = 1
-    if session.ended:
-        data["ended"] = 1
-    if session.turns:
-        data["turns"] = session.turns
-    if session.locale is not None:
-        data["locale"] = session.locale
-    if session.slots:
-        data["slots"] = session.slots
-    if session.facts:
-        data["facts"] = session.facts
-    if session.history:
-        data["history"] = [
-            [h.user, h.intent, h.state, ",".join(h.responses)] for h in session.history
-        ]
     usage = session.usage
-    spent = [usage.model_calls, usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens]
-    if any(spent):
-        data["usage"] = spent
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    saved = _Saved.model_construct(
+        npc=_FORMAT,
+        policy=session.policy,
+        hash=session.policy_hash,
+        id=session.id,
+        state=session.state,
+        seed=session.seed,
+        started=session.started,
+        ended=session.ended,
+        turns=session.turns,
+        locale=session.locale,
+        slots=session.slots,
+        facts=session.facts,
+        history=[(h.user, h.intent, h.state, ",".join(h.responses)) for h in session.history],
+        usage=(
+            usage.model_calls,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.cached_tokens,
+        ),
+    )
+    return saved.model_dump_json(exclude_defaults=True)
 
 
 def load_state(blob: str | bytes) -> Session:
@@ -112,50 +127,43 @@ def load_state(blob: str | bytes) -> Session:
         SessionError: the blob is not a saved state.
     """
     try:
-        data = json.loads(blob)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise SessionError(f"not a saved NPC state: invalid JSON ({exc})") from None
-    if not isinstance(data, dict) or data.get("npc") != _FORMAT:
-        raise SessionError(f"not a saved NPC state of format {_FORMAT}")
-    try:
-        history = [
-            SessionTurn(
+        saved = _Saved.model_validate_json(blob)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"]) or "the state"
+        if first["type"] == "json_invalid":
+            raise SessionError(f"not a saved NPC state: invalid JSON ({first['msg']})") from None
+        raise SessionError(f"not a saved NPC state: {where}: {first['msg']}") from None
+    calls, prompt, completion, cached = saved.usage
+    # Every value was validated with _Saved; the session is built as it is.
+    return Session.model_construct(
+        id=saved.id,
+        policy=saved.policy,
+        policy_hash=saved.hash,
+        state=saved.state,
+        started=saved.started,
+        ended=saved.ended,
+        turns=saved.turns,
+        slots=saved.slots,
+        facts=saved.facts,
+        history=[
+            SessionTurn.model_construct(
                 user=user,
                 intent=intent,
                 state=state,
                 responses=tuple(responses.split(",")) if responses else (),
             )
-            for user, intent, state, responses in data.get("history", [])
-        ]
-        usage = data.get("usage", [0, 0, 0, 0])
-        return Session.model_validate(
-            {
-                "id": data["id"],
-                "policy": data["policy"],
-                "policy_hash": data["hash"],
-                "state": data["state"],
-                "started": bool(data.get("started", 0)),
-                "ended": bool(data.get("ended", 0)),
-                "turns": data.get("turns", 0),
-                "slots": data.get("slots", {}),
-                "facts": data.get("facts", {}),
-                "history": history,
-                "usage": SessionUsage(
-                    model_calls=usage[0],
-                    prompt_tokens=usage[1],
-                    completion_tokens=usage[2],
-                    cached_tokens=usage[3],
-                ),
-                "locale": data.get("locale"),
-                "seed": data["seed"],
-            }
-        )
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise SessionError(f"not a saved NPC state: {where}: {first['msg']}") from None
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-        raise SessionError(f"not a saved NPC state: {type(exc).__name__} {exc}") from None
+            for user, intent, state, responses in saved.history
+        ],
+        usage=SessionUsage.model_construct(
+            model_calls=calls,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cached_tokens=cached,
+        ),
+        locale=saved.locale,
+        seed=saved.seed,
+    )
 
 
 def digest(session: Session) -> str:
@@ -608,7 +616,7 @@ class Npc:
         given = self._agent.game_state(facts)
         started, before = self._session.started, self._session.facts
         tape: list[Heard | None] = []
-        turn = self._agent._turn(self._session, None, None, facts=given or None, tape=tape)
+        turn = self._agent._turn(self._session, None, None, validated=given, tape=tape)
         if not started:
             self._record(tape, given, before, None, opening=True)
         return turn
@@ -644,7 +652,7 @@ class Npc:
         if budget_ms is None:
             tape: list[Heard | None] = []
             before = self._session.facts
-            turn = agent._turn(self._session, text, intent, facts=given or None, tape=tape)
+            turn = agent._turn(self._session, text, intent, validated=given, tape=tape)
             self._record(tape, given, before, text)
             return turn
         if budget_ms < 0:
@@ -774,7 +782,7 @@ class Npc:
         tape: list[Heard | None] = []
         executor = self._executor if self._executor is not None else _pool()
         future = executor.submit(
-            self._agent._turn, copy, text, intent, facts=given or None, tape=tape
+            self._agent._turn, copy, text, intent, validated=given, tape=tape
         )
         return _Job(future, copy, tape, given, text, self._session.facts)
 

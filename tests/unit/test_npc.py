@@ -141,8 +141,9 @@ def test_any_session_survives_save_and_load(session: Session) -> None:
     ("blob", "message"),
     [
         ("not json", "invalid JSON"),
-        ('{"npc": 2}', "of format 1"),
-        ('{"npc": 1, "policy": "x"}', "not a saved NPC state: KeyError 'id'"),
+        ('{"npc": 2}', "npc: Input should be 1"),
+        ('{"npc": 1, "policy": "x"}', "not a saved NPC state: hash: Field required"),
+        ("[]", "not a saved NPC state: the state: Input should be an object"),
         (
             '{"npc": 1, "policy": "x", "hash": "h", "id": "i", "state": 5, "seed": 1}',
             "state: Input should be",
