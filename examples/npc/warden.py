@@ -3,8 +3,9 @@
 The game passes its state in with every turn: ``gold``, ``inventory``, ``flags`` (shared with
 Bramble the merchant) and ``trust`` (Wren's relationship with the player). Every decision
 reads only what it declares; what it changes is told to the game as the effects of the
-outcome's route in the policy. Each function also updates Wren's own view of the flags, so
-that she acts on them for the rest of the conversation even before the game's next snapshot.
+outcome's route in the policy. Each function also updates Wren's own view of the flags, and
+her own memory (``gave_moonstone``, ``paid_reward``: facts the game never sends), so that no
+game state, however stale, gets the moonstone or the reward twice out of one conversation.
 """
 
 from __future__ import annotations
@@ -44,15 +45,16 @@ def judge_player(ctx: Context) -> str:
 
 
 @decision(
-    outcomes=["accepted", "accepted_with_key", "already_on_quest"], reads=["flags", "inventory"]
+    outcomes=["accepted", "accepted_with_key", "already_on_quest"],
+    reads=["flags", "inventory", "gave_moonstone"],
 )
 def accept_quest(ctx: Context) -> Outcome | str:
     """Start the quest once; the moonstone is for a player who still needs the key."""
     flags = _flags(ctx)
-    if "crypt_quest" in flags:
+    if "crypt_quest" in flags or ctx.facts.get("gave_moonstone"):
         return "already_on_quest"
     outcome = "accepted_with_key" if _has_key(ctx) else "accepted"
-    return Outcome(outcome, facts={"flags": flags | {"crypt_quest"}})
+    return Outcome(outcome, facts={"flags": flags | {"crypt_quest"}, "gave_moonstone": True})
 
 
 @decision(outcomes=["has_key", "no_key"], reads=["inventory"])
@@ -61,15 +63,18 @@ def check_key(ctx: Context) -> str:
     return "has_key" if _has_key(ctx) else "no_key"
 
 
-@decision(outcomes=["opened", "no_key", "already_open"], reads=["flags", "inventory"])
+@decision(
+    outcomes=["opened", "no_key", "already_open"], reads=["flags", "inventory", "paid_reward"]
+)
 def open_crypt(ctx: Context) -> Outcome | str:
     """Unseal the crypt with the key, once, and set the reward the route pays out."""
     flags = _flags(ctx)
-    if "crypt_open" in flags:
+    if "crypt_open" in flags or ctx.facts.get("paid_reward"):
         return "already_open"
     if not _has_key(ctx):
         return "no_key"
-    return Outcome("opened", facts={"flags": flags | {"crypt_open"}, "reward": REWARD})
+    facts = {"flags": flags | {"crypt_open"}, "reward": REWARD, "paid_reward": True}
+    return Outcome("opened", facts=facts)
 
 
 @decision(outcomes=["warned", "dismissed"], reads=["trust"])

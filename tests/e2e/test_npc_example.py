@@ -347,6 +347,26 @@ def test_a_player_on_the_quest_gets_the_moonstone_only_once() -> None:
     assert world["inventory"] == {"moonstone": 1}
 
 
+def test_a_stale_game_state_cannot_get_the_moonstone_or_the_reward_twice() -> None:
+    """A game that never applies Wren's effects still gets one moonstone and one reward."""
+    stale = {"gold": 0, "inventory": {"silver_key": 0}, "flags": [], "trust": 0}
+    npc = Npc(warden(), facts=stale)
+    npc.start()
+    said = ["can I help?", "yes", "you're useless", "can I help?", "yes"]
+    turns = [npc.step(text, facts=stale) for text in said]
+    moonstones = [e for t in turns for e in t.effects if e.name == "give_item"]
+    assert len(moonstones) == 1
+    assert turns[-1].response_ids == ("quest_reminder",)
+    keyed = dict(stale, inventory={"silver_key": 1}, flags=["crypt_quest"])
+    npc = Npc(warden(), facts=keyed)
+    npc.start()
+    said = ["yes", "you're useless", "can I help?", "yes", "I have the key", "yes"]
+    turns = [npc.step(text, facts=keyed) for text in said]
+    rewards = [e for t in turns for e in t.effects if e.name == "give_gold"]
+    assert len(rewards) == 1
+    assert turns[-1].response_ids == ("crypt_after",)
+
+
 # --- only catalog lines and only trades the rules allow, whatever the model says --------------
 
 
