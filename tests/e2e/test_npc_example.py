@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import re
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+import jsonschema
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sopagent
 from sopagent import Agent, CompiledPolicy, Context, MemorySink, Npc, ScriptedBackend, Turn
+from sopagent._yaml import read_yaml
 from sopagent.decisions import import_decision_module
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,6 +74,37 @@ def test_policies_compile_without_warnings() -> None:
     assert compiled(WARDEN).warnings == ()
     assert list(compiled().policy.intents) == INTENTS
     assert list(compiled().locales) == ["de"]
+
+
+@pytest.mark.parametrize(
+    ("schema", "document"),
+    [
+        ("policy.schema.json", "policies/merchant_npc.yaml"),
+        ("policy.schema.json", "policies/warden_npc.yaml"),
+        ("catalog.schema.json", "catalogs/merchant_npc_en.yaml"),
+        ("catalog.schema.json", "catalogs/merchant_npc_de.yaml"),
+        ("catalog.schema.json", "catalogs/warden_npc_en.yaml"),
+        ("catalog.schema.json", "catalogs/warden_npc_de.yaml"),
+    ],
+)
+def test_npc_files_validate_against_the_schemas(schema: str, document: str) -> None:
+    """Effects in every shorthand, new fact types and translations validate in editors."""
+    validator = jsonschema.Draft202012Validator(
+        json.loads((ROOT / "schemas" / schema).read_text(encoding="utf-8"))
+    )
+    errors = [e.message for e in validator.iter_errors(read_yaml(ROOT / document).data)]
+    assert errors == []
+
+
+def test_the_policy_schema_rejects_a_malformed_effect() -> None:
+    """An effect written with two names in one mapping is rejected by the schema too."""
+    validator = jsonschema.Draft202012Validator(
+        json.loads((ROOT / "schemas" / "policy.schema.json").read_text(encoding="utf-8"))
+    )
+    data = read_yaml(MERCHANT).data
+    effects = data["states"]["barter"]["outcomes"]["bartered"]["effects"]
+    effects[0] = {"take_item": {"item": "moonstone"}, "give_item": {"item": "silver_key"}}
+    assert list(validator.iter_errors(data)) != []
 
 
 def test_opening_sets_the_price_and_emits_nothing() -> None:
