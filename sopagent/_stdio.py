@@ -9,6 +9,7 @@ the turn when it is done. Messages and replies are documented in ``docs/npc.md``
 
 from __future__ import annotations
 
+import io
 import json
 import queue
 import sys
@@ -139,10 +140,14 @@ class _Server:
         self.reply(None, "bye")
 
     def read(self, source: IO[str]) -> None:
-        for number, line in enumerate(source, start=1):
-            if line.strip():
-                self.events.put(("line", number, line))
-        self.events.put(("eof", None, None))
+        try:
+            for number, line in enumerate(source, start=1):
+                if line.strip():
+                    self.events.put(("line", number, line))
+        except (OSError, ValueError) as exc:
+            self.events.put(("line", 0, f"\0 input failed: {exc}"))
+        finally:
+            self.events.put(("eof", None, None))
 
     def handle(self, number: int, line: str) -> bool:
         """Answer one request line; return whether it asked the server to quit."""
@@ -362,9 +367,13 @@ def serve(
         budget_ms: the budget of ``say`` requests that give none; None waits for the turn.
         record: whether NPCs record their turns unless a spawn says otherwise.
     """
-    _Server(
-        agent,
-        out if out is not None else sys.stdout,
-        budget_ms=budget_ms,
-        record=record,
-    ).run(source if source is not None else sys.stdin)
+    if source is None:
+        source = sys.stdin
+        if isinstance(source, io.TextIOWrapper):
+            # Bytes that are not UTF-8 become U+FFFD: the request is then bad JSON, not a crash.
+            source.reconfigure(encoding="utf-8", errors="replace")
+    if out is None:
+        out = sys.stdout
+        if isinstance(out, io.TextIOWrapper):
+            out.reconfigure(encoding="utf-8", newline="\n")
+    _Server(agent, out, budget_ms=budget_ms, record=record).run(source)

@@ -196,6 +196,10 @@ def test_bad_requests_get_errors_and_the_process_goes_on(engine: Engine) -> None
     assert engine.receive()["code"] == "bad_json"
     engine.send_raw("[1, 2]")
     assert engine.receive()["code"] == "bad_request"
+    assert engine.process.stdin is not None
+    engine.process.stdin.buffer.write(b'{"op": "ping", "id": "\xff\xfe"}\n')
+    engine.process.stdin.flush()
+    assert engine.receive() == {"type": "pong", "id": "\ufffd\ufffd"}
     assert engine.ask(id=1, op="dance")["code"] == "unknown_op"
     assert engine.ask(id=2, op="say", text="hi")["code"] == "bad_request"
     assert engine.ask(id=3, op="say", npc="nobody", text="hi")["code"] == "unknown_npc"
