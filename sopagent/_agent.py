@@ -21,8 +21,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from sopagent._compile import CompiledPolicy, CompiledRoute, CompiledState, LocaleTable
+from sopagent._compile import CompiledPolicy, CompiledRoute, CompiledState
 from sopagent._effects import CompiledEffect, resolve, validate_returned
+from sopagent._locales import LocaleTable
 from sopagent._slots import Found, SlotType
 from sopagent.audit import AuditSink, StructlogSink
 from sopagent.backends import (
@@ -415,7 +416,9 @@ class Agent:
                             state, text, forced, found_slots, taken, work.locale
                         )
                     except BackendError as exc:
-                        understood = Heard(None, 0.0, "error", error=f"{type(exc).__name__}: {exc}")
+                        if tape is not None:
+                            error = f"{type(exc).__name__}: {exc}"
+                            understood = Heard(None, 0.0, "error", error=error)
                         raise
                     usage = classified.usage
                     for name, raw in classified.slots.items():
@@ -444,14 +447,15 @@ class Agent:
                     unsure = heard.unsure
                 else:
                     unsure = classified.source == "model" and classified.score < state.threshold
-                understood = Heard(
-                    classified.intent,
-                    classified.score,
-                    classified.source,
-                    dict(found_slots),
-                    dict(invalid),
-                    unsure,
-                )
+                if tape is not None:
+                    understood = Heard(
+                        classified.intent,
+                        classified.score,
+                        classified.source,
+                        dict(found_slots),
+                        dict(invalid),
+                        unsure,
+                    )
                 accepted = self._route(
                     work, state, classified.intent, found_slots, invalid, unsure=unsure
                 )

@@ -21,14 +21,14 @@ from transitions import Machine
 from sopagent._check import check_policy, resolve_decisions
 from sopagent._effects import CompiledEffect, EffectTypes, compile_effect, effect_map, effect_types
 from sopagent._load import load_catalog
-from sopagent._locales import check_translations, load_translations
+from sopagent._locales import LocaleTable, check_translations, compile_locale, load_translations
 from sopagent._slots import SlotType, compile_slot
 from sopagent.backends import Label
 from sopagent.decisions import DecisionFunction
 from sopagent.errors import PolicyError, Problem
 from sopagent.policy import OUT_OF_SCOPE, Catalog, EffectCall, Policy, Response, Route
 
-__all__ = ["CompiledPolicy", "CompiledRoute", "CompiledState", "LocaleTable", "compile_policy"]
+__all__ = ["CompiledPolicy", "CompiledRoute", "CompiledState", "compile_policy"]
 
 OUT_OF_SCOPE_LABEL = Label(
     OUT_OF_SCOPE,
@@ -153,30 +153,6 @@ class CompiledPolicy:
         }
 
 
-@dataclass(frozen=True)
-class LocaleTable:
-    """A translation: its templates and, when it has intent examples, its own labels.
-
-    Attributes:
-        code: the locale, e.g. ``de``.
-        catalog: the translation catalog.
-        templates: the lines it has; lines it lacks are said from the source catalog.
-        vocabulary: every intent with this locale's examples, or None when it has none (the
-            source labels and prompt serve).
-        labels: per waiting state, its labels with this locale's examples.
-        examples: per waiting state, exact examples (this locale's, then the source's).
-        key: identifies this locale's vocabulary to backends.
-    """
-
-    code: str
-    catalog: Catalog
-    templates: dict[str, Template]
-    vocabulary: tuple[Label, ...] | None = None
-    labels: dict[str, tuple[Label, ...]] = field(default_factory=dict)
-    examples: dict[str, dict[str, str]] = field(default_factory=dict)
-    key: str = ""
-
-
 def _route(trigger: str, route: Route, types: EffectTypes | None = None) -> CompiledRoute:
     return CompiledRoute(
         trigger,
@@ -191,52 +167,6 @@ def _route(trigger: str, route: Route, types: EffectTypes | None = None) -> Comp
 
 def _effects(calls: list[EffectCall], types: EffectTypes) -> tuple[CompiledEffect, ...]:
     return tuple(compile_effect(call, types) for call in calls)
-
-
-def _locale(
-    translation: Catalog,
-    source: Catalog,
-    states: dict[str, CompiledState],
-    vocabulary: tuple[Label, ...],
-    policy_hash: str,
-) -> LocaleTable:
-    templates = {
-        rid: _template(rid, response)
-        for rid, response in translation.responses.items()
-        if rid in source.responses
-    }
-    table = LocaleTable(translation.locale, translation, templates)
-    if not translation.examples:
-        return table
-    local = {
-        label.name: Label(
-            label.name,
-            label.description,
-            tuple(translation.examples.get(label.name) or label.examples),
-        )
-        for label in vocabulary
-    }
-    for name, state in states.items():
-        if state.kind != "wait":
-            continue
-        table.labels[name] = tuple(local[label.name] for label in state.labels)
-        exact = {
-            _normalize(example): intent
-            for intent in state.routes
-            for example in translation.examples.get(intent, ())
-        }
-        for example, intent in state.examples.items():
-            exact.setdefault(example, intent)
-        table.examples[name] = exact
-    return LocaleTable(
-        table.code,
-        translation,
-        templates,
-        tuple(local[label.name] for label in vocabulary),
-        table.labels,
-        table.examples,
-        f"{policy_hash}:{translation.locale}",
-    )
 
 
 def _normalize(text: str) -> str:
@@ -384,7 +314,8 @@ def compile_policy(policy: Policy, catalog: Catalog | None = None) -> CompiledPo
         warnings=tuple(p for p in problems if p.severity != "error"),
         effect_types=types,
         locales={
-            t.locale: _locale(t, catalog, states, vocabulary, policy_hash) for t in translations
+            t.locale: compile_locale(t, catalog, states, vocabulary, policy_hash)
+            for t in translations
         },
     )
 

@@ -6,6 +6,7 @@ warning: the source line is said instead), ids only a translation has (SOP106), 
 translation uses that its source line does not fill (SOP107), translations that clash with the
 source (SOP108) and intent examples for intents the policy does not have (SOP109).
 
+`compile_locale` builds a translation's `LocaleTable` for the compiled policy.
 `lines_csv` writes one row per line id and locale, the source text beside each translation,
 for translators and voice studios; the line id is the key of string tables and voice files.
 """
@@ -15,17 +16,27 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sopagent._load import load_catalog
+from sopagent.backends import Label
 from sopagent.errors import PolicyError, Problem
 from sopagent.policy import Catalog, Policy, Route
 
 if TYPE_CHECKING:
-    from sopagent._compile import CompiledPolicy
+    from sopagent._compile import CompiledPolicy, CompiledState, Template
 
-__all__ = ["CSV_COLUMNS", "check_translations", "line_uses", "lines_csv", "load_translations"]
+__all__ = [
+    "CSV_COLUMNS",
+    "LocaleTable",
+    "check_translations",
+    "compile_locale",
+    "line_uses",
+    "lines_csv",
+    "load_translations",
+]
 
 
 def load_translations(policy: Policy) -> tuple[list[Catalog], list[Problem]]:
@@ -142,6 +153,84 @@ def check_translations(
                     )
                 )
     return problems
+
+
+# --- compile ---
+
+
+@dataclass(frozen=True)
+class LocaleTable:
+    """A translation: its templates and, when it has intent examples, its own labels.
+
+    Attributes:
+        code: the locale, e.g. ``de``.
+        catalog: the translation catalog.
+        templates: the lines it has; lines it lacks are said from the source catalog.
+        vocabulary: every intent with this locale's examples, or None when it has none (the
+            source labels and prompt serve).
+        labels: per waiting state, its labels with this locale's examples.
+        examples: per waiting state, exact examples (this locale's, then the source's).
+        key: identifies this locale's vocabulary to backends.
+    """
+
+    code: str
+    catalog: Catalog
+    templates: dict[str, Template]
+    vocabulary: tuple[Label, ...] | None = None
+    labels: dict[str, tuple[Label, ...]] = field(default_factory=dict)
+    examples: dict[str, dict[str, str]] = field(default_factory=dict)
+    key: str = ""
+
+
+def compile_locale(
+    translation: Catalog,
+    source: Catalog,
+    states: dict[str, CompiledState],
+    vocabulary: tuple[Label, ...],
+    policy_hash: str,
+) -> LocaleTable:
+    """Compile a checked translation: its templates and, with examples, its own labels."""
+    # The compile step imports this module: its helpers are imported when first used.
+    from sopagent._compile import _normalize, _template  # noqa: PLC0415
+
+    templates = {
+        rid: _template(rid, response)
+        for rid, response in translation.responses.items()
+        if rid in source.responses
+    }
+    if not translation.examples:
+        return LocaleTable(translation.locale, translation, templates)
+    local = {
+        label.name: Label(
+            label.name,
+            label.description,
+            tuple(translation.examples.get(label.name) or label.examples),
+        )
+        for label in vocabulary
+    }
+    labels: dict[str, tuple[Label, ...]] = {}
+    examples: dict[str, dict[str, str]] = {}
+    for name, state in states.items():
+        if state.kind != "wait":
+            continue
+        labels[name] = tuple(local[label.name] for label in state.labels)
+        exact = {
+            _normalize(example): intent
+            for intent in state.routes
+            for example in translation.examples.get(intent, ())
+        }
+        for example, intent in state.examples.items():
+            exact.setdefault(example, intent)
+        examples[name] = exact
+    return LocaleTable(
+        translation.locale,
+        translation,
+        templates,
+        tuple(local[label.name] for label in vocabulary),
+        labels,
+        examples,
+        f"{policy_hash}:{translation.locale}",
+    )
 
 
 # --- export -------------------------------------------------------------------------------------

@@ -781,9 +781,7 @@ class Npc:
         copy = _copy(self._session)
         tape: list[Heard | None] = []
         executor = self._executor if self._executor is not None else _pool()
-        future = executor.submit(
-            self._agent._turn, copy, text, intent, validated=given, tape=tape
-        )
+        future = executor.submit(self._agent._turn, copy, text, intent, validated=given, tape=tape)
         return _Job(future, copy, tape, given, text, self._session.facts)
 
     def _record(
