@@ -1119,6 +1119,7 @@ def npc(
 
 def _replay(compiled: CompiledPolicy, path: Path, *, json_output: bool) -> None:
     from sopagent._npc import Recording, replay  # noqa: PLC0415
+    from sopagent.errors import SessionError  # noqa: PLC0415
 
     try:
         text = path.read_text(encoding="utf-8")
@@ -1126,7 +1127,11 @@ def _replay(compiled: CompiledPolicy, path: Path, *, json_output: bool) -> None:
         raise PolicyLoadError(
             [Problem("SOP001", f"cannot read the recording: {exc}", Location(str(path)))]
         ) from exc
-    result = replay(compiled, Recording.from_jsonl(text))
+    try:
+        result = replay(compiled, Recording.from_jsonl(text))
+    except SessionError as exc:
+        # A broken recording, or one of another policy version, is bad input: exit 2.
+        raise PolicyLoadError([Problem("SOP001", str(exc), Location(str(path)))]) from exc
     show = _record if json_output else _transcript
     for turn in result.turns:
         sys.stdout.write(show(turn) + "\n")

@@ -365,3 +365,28 @@ def test_the_embedded_model_over_the_protocol() -> None:
         assert engine.finish() == 0
     finally:
         engine.stop()
+
+
+@pytest.mark.parametrize("modes", [[], ["--stdio", "--replay", "x.jsonl"]])
+def test_npc_takes_exactly_one_of_its_two_ways(modes: list[str]) -> None:
+    """`sopagent npc` without --stdio or --replay, or with both, is a usage error (exit 2)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    result = subprocess.run(
+        cli("npc", MERCHANT, *modes),
+        cwd=ROOT, capture_output=True, text=True, env=env, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "exactly one of --stdio and --replay" in result.stderr
+
+
+def test_replay_of_a_broken_recording_exits_2(tmp_path: Path) -> None:
+    """A recording that is not JSON lines is reported with its line number, exit 2."""
+    path = tmp_path / "broken.jsonl"
+    path.write_text('{"recording": 1, "policy": "merchant_npc"}\n')
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    result = subprocess.run(
+        cli("npc", MERCHANT, "--replay", str(path)),
+        cwd=ROOT, capture_output=True, text=True, env=env, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert f"{path}: SOP001 line 1: the header lacks 'policy_hash'" in result.stderr
