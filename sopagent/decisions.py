@@ -15,6 +15,8 @@ A policy names the modules it takes decision functions from; only functions mark
 `@decision` in those modules can be referenced. A function may also declare the slots and
 facts it reads (``reads=[...]``) and the effects it may return (``effects=...``)::
 
+    from sopagent import Effect
+
     @decision(outcomes=["sold", "too_low"], reads=["offer"], effects={"sold": ["take_gold"]})
     def weigh_offer(ctx: Context) -> Outcome | str:
         offer = ctx.slots["offer"]
