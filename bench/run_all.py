@@ -1,8 +1,9 @@
 """Run every benchmark and collect the figures in one table and bench/results/latest.json.
 
 Runs, each in its own interpreter: ``bench/overhead.py`` (framework overhead with the scripted
-backend), ``bench/embedded_turns.py`` (per-turn latency and tokens with the embedded model) and
-``bench/clinc_eval.py`` (intent accuracy on CLINC150), all with ``--json``. Their own output
+backend), ``bench/embedded_turns.py`` (per-turn latency and tokens with the embedded model),
+``bench/clinc_eval.py`` (intent accuracy on CLINC150) and ``bench/npc.py`` (game NPCs: turn
+overhead, model turns, memory of 1,000 NPCs, state size), all with ``--json``. Their own output
 goes to stderr; stdout gets one markdown table with machine information on top.
 
     python bench/run_all.py [--quick] [--only NAME ...] [--out FILE]
@@ -25,7 +26,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-BENCHMARKS = ("overhead", "embedded_turns", "clinc_eval")
+BENCHMARKS = ("overhead", "embedded_turns", "clinc_eval", "npc")
 
 
 def cpu_model() -> str:

@@ -3,6 +3,7 @@
 The pipeline: `load_policy` (YAML -> `Policy`), `check_policy` (cross references),
 `compile_policy` (-> a state machine built on transitions), `Agent.respond` (one constrained
 model call per turn at most), and an audit event per turn. `load_agent` does all of it.
+`Npc` runs one game character on a shared agent: frame budgets, save/load, `replay`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from sopagent._agent import Agent
 from sopagent._compile import CompiledPolicy, compile_policy
 from sopagent._load import load_catalog, load_policy
+from sopagent._npc import Npc, Recording, Replay, replay
 from sopagent.audit import AuditSink, JsonLinesSink, MemorySink, StructlogSink
 from sopagent.backends import Backend
 from sopagent.backends._scripted import ScriptedBackend
@@ -30,7 +32,7 @@ from sopagent.errors import (
     SopError,
 )
 from sopagent.policy import Catalog, Policy
-from sopagent.session import Session, Turn, Utterance
+from sopagent.session import Effect, Session, Turn, Utterance
 
 if TYPE_CHECKING:
     from sopagent.backends.llamacpp import LlamaCppBackend
@@ -47,12 +49,16 @@ __all__ = [
     "CompiledPolicy",
     "Context",
     "DecisionError",
+    "Effect",
     "JsonLinesSink",
     "MemorySink",
+    "Npc",
     "Outcome",
     "Policy",
     "PolicyError",
     "PolicyLoadError",
+    "Recording",
+    "Replay",
     "RuntimeFault",
     "ScriptedBackend",
     "Session",
@@ -68,6 +74,7 @@ __all__ = [
     "load_agent",
     "load_catalog",
     "load_policy",
+    "replay",
 ]
 
 __version__ = "0.1.0"

@@ -14,13 +14,17 @@ import hashlib
 import hmac
 import os
 import re
+import secrets
 import time
+from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from sopagent._compile import CompiledPolicy, CompiledRoute, CompiledState
-from sopagent._slots import Found
+from sopagent._effects import CompiledEffect, resolve, validate_returned
+from sopagent._locales import LocaleTable
+from sopagent._slots import Found, SlotType
 from sopagent.audit import AuditSink, StructlogSink
 from sopagent.backends import (
     Backend,
@@ -29,10 +33,10 @@ from sopagent.backends import (
     Label,
     Usage,
 )
-from sopagent.decisions import Context, HistoryItem, Outcome
+from sopagent.decisions import Context, HistoryItem, Outcome, declared_effects, declared_reads
 from sopagent.errors import BackendError, DecisionError, RuntimeFault, SessionError
 from sopagent.policy import OUT_OF_SCOPE
-from sopagent.session import DecisionRecord, Session, SessionTurn, Turn, Utterance
+from sopagent.session import DecisionRecord, Effect, Session, SessionTurn, Turn, Utterance
 
 __all__ = ["Agent"]
 
@@ -44,11 +48,44 @@ _FILLER = frozenset({
     "okay", "yes",
 })  # fmt: skip
 _MAX_INPUT = 2000
-_MAX_HISTORY = 200
+Source = Literal["model", "example", "slots", "forced", "none", "error"]
 
 
 class _RouteFault(RuntimeFault):
     """The procedure could not be followed (render failure, route loop, undeclared move)."""
+
+
+class _ReplayedError(BackendError):
+    """A backend failure recorded in a replayed turn, raised where it happened."""
+
+    def __init__(self, recorded: str) -> None:
+        super().__init__(recorded, provider="replay")
+        self.recorded = recorded
+
+
+@dataclass(frozen=True)
+class Heard:
+    """What the model and the slot grammars made of one message: all a turn needs to replay.
+
+    Attributes:
+        intent: the intent, or None when slot values alone (or nothing) decided the turn.
+        score: its score, exactly as the backend gave it.
+        source: where the intent came from.
+        slots: valid slot values found, typed.
+        invalid: slot name -> why the value found was rejected.
+        unsure: whether the confidence rule doubted the intent.
+        choices: responses the model picked for ``choose``, in order.
+        error: the backend failure the turn met, if any, as the turn reported it.
+    """
+
+    intent: str | None
+    score: float
+    source: Source
+    slots: Mapping[str, Any] = field(default_factory=dict)
+    invalid: Mapping[str, str] = field(default_factory=dict)
+    unsure: bool = False
+    choices: tuple[str, ...] = ()
+    error: str | None = None
 
 
 @dataclass
@@ -67,6 +104,14 @@ class _Work:
     session_id: str = ""
     turn: int = 0
     past: list[SessionTurn] = field(default_factory=list)
+    locale: str | None = None
+    seed: int = 0
+    index: int = 0
+    picks: int = 0
+    effects: list[Effect] = field(default_factory=list)
+    chosen: list[str] = field(default_factory=list)
+    replayed: deque[str] | None = None
+    replay_error: str | None = None
     _history: tuple[HistoryItem, ...] | None = None
 
     @property
@@ -81,10 +126,16 @@ class _Work:
 class _Classified:
     intent: str | None
     score: float
-    source: Literal["model", "example", "slots", "forced", "none", "error"]
+    source: Source
     usage: Usage
     slots: dict[str, str]
     answered_by: str | None = None
+
+
+def pick(seed: int, index: int, salt: str | int, options: tuple[str, ...]) -> str:
+    """One of ``options``, the same for the same seed, turn index and salt on every machine."""
+    digest = hashlib.blake2b(f"{seed}:{index}:{salt}".encode(), digest_size=8).digest()
+    return options[int.from_bytes(digest, "big") % len(options)]
 
 
 class Agent:
@@ -132,9 +183,41 @@ class Agent:
     # -- sessions ------------------------------------------------------------------------------
 
     def new_session(
-        self, *, session_id: str | None = None, facts: Mapping[str, Any] | None = None
+        self,
+        *,
+        session_id: str | None = None,
+        facts: Mapping[str, Any] | None = None,
+        locale: str | None = None,
+        seed: int | None = None,
     ) -> Session:
         """Create a session in the initial state, with facts the host knows up front.
+
+        Args:
+            session_id: the session's id; by default a random one.
+            facts: values of declared facts (the game state, for an NPC).
+            locale: the locale of the lines said: the catalog's or one of the policy's
+                translations; by default the catalog's.
+            seed: seeds the lines picked by ``vary``; by default a random one.
+
+        Raises:
+            ValueError: a fact is not declared by the policy or has the wrong type, or the
+                locale is not one of the policy's.
+        """
+        stored = {k: v for k, v in self.game_state(facts).items() if v is not None}
+        session = Session(
+            policy=self.compiled.name,
+            policy_hash=self.compiled.hash,
+            state=self.compiled.policy.initial,
+            facts=stored,
+            locale=self._locale_of(locale),
+            seed=secrets.randbelow(2**31) if seed is None else seed,
+        )
+        if session_id is not None:
+            session.id = session_id
+        return session
+
+    def game_state(self, facts: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Validate host values of declared facts; return their JSON form (None clears one).
 
         Raises:
             ValueError: a fact is not declared by the policy or has the wrong type.
@@ -144,25 +227,47 @@ class Agent:
             kind = self.compiled.fact_types.get(name)
             if kind is None:
                 raise ValueError(f"fact {name!r} is not declared by policy {self.compiled.name!r}")
-            stored[name] = kind.to_json(kind.validate(value))
-        session = Session(
-            policy=self.compiled.name,
-            policy_hash=self.compiled.hash,
-            state=self.compiled.policy.initial,
-            facts=stored,
-        )
-        if session_id is not None:
-            session.id = session_id
-        return session
+            if value is None:
+                stored[name] = None
+                continue
+            try:
+                stored[name] = kind.to_json(kind.validate(value))
+            except ValueError as exc:
+                raise ValueError(f"fact {name!r}: {exc}") from None
+        return stored
 
-    def start(self, session: Session) -> Turn:
+    def _locale_of(self, locale: str | None) -> str | None:
+        if locale is None or locale == self.compiled.catalog.locale:
+            return None
+        if locale not in self.compiled.locales:
+            known = ", ".join([self.compiled.catalog.locale, *self.compiled.locales])
+            raise ValueError(
+                f"unknown locale {locale!r}; policy {self.compiled.name!r} has {known}"
+            )
+        return locale
+
+    def start(self, session: Session, *, facts: Mapping[str, Any] | None = None) -> Turn:
         """Enter the initial state: run its decisions and say its opening lines.
 
         Calling it on a session already started returns an empty turn.
-        """
-        return self._turn(session, None, None)
 
-    def respond(self, session: Session, text: str, *, intent: str | None = None) -> Turn:
+        Args:
+            session: a new session.
+            facts: fact values (the game state) to set before the opening runs.
+
+        Raises:
+            ValueError: a fact is not declared by the policy or has the wrong type.
+        """
+        return self._turn(session, None, None, facts=facts)
+
+    def respond(
+        self,
+        session: Session,
+        text: str,
+        *,
+        intent: str | None = None,
+        facts: Mapping[str, Any] | None = None,
+    ) -> Turn:
         """Advance ``session`` by one user message and return what happened.
 
         The session is updated in place only when the turn succeeds; on a backend or decision
@@ -172,14 +277,21 @@ class Agent:
             session: the conversation, as returned by `new_session` or `Session.from_json`.
             text: what the user said.
             intent: a label to use instead of asking the model (replay, tests, buttons).
+            facts: fact values (the game state now) to set before the turn runs; None as a
+                value clears a fact. They are kept only if the turn succeeds.
 
         Raises:
             SessionError: the session belongs to another policy or names an unknown state.
-            ValueError: ``intent`` is not an intent of the policy.
+            ValueError: ``intent`` is not an intent of the policy, or a fact is not declared
+                or has the wrong type.
         """
+        self.check_intent(intent)
+        return self._turn(session, text, intent, facts=facts)
+
+    def check_intent(self, intent: str | None) -> None:
+        """Raise ValueError unless ``intent`` is None, out_of_scope or one of the policy's."""
         if intent not in (None, OUT_OF_SCOPE) and intent not in self.compiled.policy.intents:
             raise ValueError(f"unknown intent {intent!r}")
-        return self._turn(session, text, intent)
 
     def classify(self, session: Session, text: str) -> Turn:
         """Return what the agent understands of ``text`` in the session's state, and nothing more.
@@ -201,7 +313,7 @@ class Agent:
         slots = {n: f.value for n, f in found.items() if f.error is None}
         error: str | None = None
         try:
-            classified = self._classify(state, text, None, slots, taken)
+            classified = self._classify(state, text, None, slots, taken, session.locale)
         except BackendError as exc:
             error = f"{type(exc).__name__}: {exc}"
             classified = _Classified(None, 0.0, "error", Usage(calls=1), {})
@@ -228,9 +340,28 @@ class Agent:
 
     # -- the turn --------------------------------------------------------------------------------
 
-    def _turn(self, session: Session, text: str | None, forced: str | None) -> Turn:
+    def _turn(
+        self,
+        session: Session,
+        text: str | None,
+        forced: str | None,
+        *,
+        facts: Mapping[str, Any] | None = None,
+        heard: Heard | None = None,
+        tape: list[Heard | None] | None = None,
+        validated: Mapping[str, Any] | None = None,
+    ) -> Turn:
+        """Run one turn.
+
+        ``heard`` replays a recorded understanding, ``tape`` records it; ``validated`` holds
+        fact values `game_state` has already validated (then ``facts`` is not used).
+        """
         started = time.perf_counter()
         compiled = self.compiled
+        if validated is not None:
+            given: Mapping[str, Any] = validated
+        else:
+            given = self.game_state(facts) if facts else {}
         if session.policy_hash != compiled.hash:
             raise SessionError(
                 f"session {session.id} was started on policy {session.policy}"
@@ -247,8 +378,15 @@ class Agent:
             session_id=session.id,
             turn=session.turns,
             past=session.history,
+            locale=session.locale,
+            seed=session.seed,
+            index=session.turns + (text is not None),
         )
+        if heard is not None:
+            work.replayed = deque(heard.choices)
+            work.replay_error = heard.error
         state_before = session.state
+        understood: Heard | None = None
         classified = _Classified(None, 0.0, "none", Usage(), {})
         found_slots: dict[str, Any] = {}
         invalid: dict[str, str] = {}
@@ -259,25 +397,42 @@ class Agent:
         try:
             if text is None:
                 if not session.started:
+                    _update(work.facts, given)
                     self._enter(work, session.state, None)
             elif session.ended:
                 error = "the conversation has ended"
             else:
+                _update(work.facts, given)
                 if not session.started:
                     self._enter(work, session.state, None)
                 text = text[:_MAX_INPUT]
                 state = compiled.states[work.state]
-                found, taken = self._extract(state, text)
-                found_slots = {n: f.value for n, f in found.items() if f.error is None}
-                invalid = {n: f.error for n, f in found.items() if f.error is not None}
-                classified = self._classify(state, text, forced, found_slots, taken)
-                usage = classified.usage
-                for name, raw in classified.slots.items():
-                    if name not in found_slots:
-                        try:
-                            found_slots[name] = compiled.slot_types[name].validate(raw)
-                        except ValueError as exc:
-                            invalid[name] = str(exc)
+                if heard is None:
+                    found, taken = self._extract(state, text)
+                    found_slots = {n: f.value for n, f in found.items() if f.error is None}
+                    invalid = {n: f.error for n, f in found.items() if f.error is not None}
+                    try:
+                        classified = self._classify(
+                            state, text, forced, found_slots, taken, work.locale
+                        )
+                    except BackendError as exc:
+                        if tape is not None:
+                            error = f"{type(exc).__name__}: {exc}"
+                            understood = Heard(None, 0.0, "error", error=error)
+                        raise
+                    usage = classified.usage
+                    for name, raw in classified.slots.items():
+                        if name not in found_slots:
+                            try:
+                                found_slots[name] = compiled.slot_types[name].validate(raw)
+                            except ValueError as exc:
+                                invalid[name] = str(exc)
+                else:
+                    if heard.source == "error" and heard.intent is None:
+                        raise _ReplayedError(heard.error or "BackendError: recorded failure")
+                    classified = _Classified(heard.intent, heard.score, heard.source, Usage(), {})
+                    found_slots = dict(heard.slots)
+                    invalid = dict(heard.invalid)
                 # Values count when the state collects them or the route taken needs them;
                 # a number said in passing elsewhere is not remembered.
                 route = state.routes.get(classified.intent or "")
@@ -288,21 +443,48 @@ class Agent:
                 invalid = {n: e for n, e in invalid.items() if n in wanted}
                 for name, value in found_slots.items():
                     work.slots[name] = compiled.slot_types[name].to_json(value)
-                unsure = classified.source == "model" and classified.score < state.threshold
+                if heard is not None:
+                    unsure = heard.unsure
+                else:
+                    unsure = classified.source == "model" and classified.score < state.threshold
+                if tape is not None:
+                    understood = Heard(
+                        classified.intent,
+                        classified.score,
+                        classified.source,
+                        dict(found_slots),
+                        dict(invalid),
+                        unsure,
+                    )
                 accepted = self._route(
                     work, state, classified.intent, found_slots, invalid, unsure=unsure
                 )
             responses = self._render(work, text or "")
             usage = usage + work.usage
         except (BackendError, DecisionError, _RouteFault) as exc:
-            error = f"{type(exc).__name__}: {exc}"
+            error = (
+                exc.recorded if isinstance(exc, _ReplayedError) else f"{type(exc).__name__}: {exc}"
+            )
             failed = True
+            backend_failed = isinstance(exc, BackendError)
+            if understood is not None and understood.error is None and backend_failed:
+                understood = replace(understood, error=error)
             if isinstance(exc, BackendError) and classified.source == "none":
-                classified = _Classified(None, 0.0, "error", Usage(calls=1), {})
+                calls = 0 if isinstance(exc, _ReplayedError) else 1
+                classified = _Classified(None, 0.0, "error", Usage(calls=calls), {})
                 usage = classified.usage
-            work = _Work(session.state, dict(session.slots), dict(session.facts))
-            work.path.clear()
-            work.said = [(response,) for response in compiled.policy.global_.error.say]
+            chosen = work.chosen
+            work = _Work(
+                session.state,
+                dict(session.slots),
+                dict(session.facts),
+                locale=session.locale,
+                seed=session.seed,
+                index=work.index,
+            )
+            work.chosen = chosen
+            error_route = compiled.policy.global_.error
+            self._say(work, tuple(error_route.say), (), tuple(error_route.vary))
             responses = self._render(work, "")
             found_slots, invalid, accepted = {}, {}, False
             if classified.source != "none":
@@ -331,8 +513,13 @@ class Agent:
                 responses=tuple(u.id for u in responses),
             )
         )
-        if len(session.history) > _MAX_HISTORY:
-            del session.history[: len(session.history) - _MAX_HISTORY]
+        remember = compiled.policy.remember
+        if len(session.history) > remember:
+            del session.history[: len(session.history) - remember]
+        if tape is not None:
+            if understood is not None and work.chosen:
+                understood = replace(understood, choices=tuple(work.chosen))
+            tape.append(understood)
         slot_types = compiled.slot_types
         turn = Turn(
             session_id=session.id,
@@ -350,6 +537,7 @@ class Agent:
             invalid_slots=invalid,
             decisions=tuple(work.decisions),
             responses=responses,
+            effects=() if failed else tuple(work.effects),
             error=error,
             ended=session.ended,
             **_cost(usage, started),
@@ -399,11 +587,15 @@ class Agent:
         forced: str | None,
         found: dict[str, Any],
         taken: list[tuple[int, int]],
+        locale: str | None = None,
     ) -> _Classified:
         if forced is not None:
             return _Classified(forced, 1.0, "forced", Usage(), {})
+        table = self._local(locale)
+        local = table is not None and table.vocabulary is not None
         normalized = " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
-        example = state.examples.get(normalized)
+        examples = table.examples[state.name] if table is not None and local else state.examples
+        example = examples.get(normalized)
         if example is not None:
             return _Classified(example, 1.0, "example", Usage(), {})
         enum_needed = {
@@ -423,12 +615,16 @@ class Agent:
                 return _Classified(None, 1.0, "slots", Usage(), {})
         if not normalized:
             return _Classified(OUT_OF_SCOPE, 1.0, "slots", Usage(), {})
+        if table is not None and table.vocabulary is not None:
+            labels, vocabulary, key = table.labels[state.name], table.vocabulary, table.key
+        else:
+            labels, vocabulary, key = state.labels, self.compiled.vocabulary, state.key
         request = ClassifyRequest(
             text=text,
-            labels=state.labels,
-            vocabulary=self.compiled.vocabulary,
+            labels=labels,
+            vocabulary=vocabulary,
             slot_choices=enum_needed,
-            key=state.key,
+            key=key,
             instructions=self.compiled.policy.description,
         )
         answer = self.backend.classify(request)
@@ -514,7 +710,9 @@ class Agent:
     ) -> None:
         if route.to is not None:
             self._fire(route.trigger, state.name, route.to)
-        self._say(work, route.say, route.choose)
+        self._say(work, route.say, route.choose, route.vary)
+        if route.effects:
+            self._effects(work, route.effects, state.name, route.trigger)
         if route.to is not None:
             self._enter(work, route.to, intent)
 
@@ -527,11 +725,39 @@ class Agent:
         if cursor.state != dest:
             raise _RouteFault(f"{trigger!r} from {source!r} led to {cursor.state!r}")
 
-    def _say(self, work: _Work, say: tuple[str, ...], choose: tuple[str, ...]) -> None:
+    def _say(
+        self,
+        work: _Work,
+        say: tuple[str, ...],
+        choose: tuple[str, ...],
+        vary: tuple[str, ...] = (),
+    ) -> None:
         for response in say:
             work.said.append((response,))
+        if vary:
+            work.picks += 1
+            work.said.append((pick(work.seed, work.index, work.picks, vary),))
         if choose:
             work.said.append(choose)
+
+    def _effects(
+        self, work: _Work, effects: tuple[CompiledEffect, ...], state: str, origin: str
+    ) -> None:
+        compiled = self.compiled
+        values: dict[str, tuple[SlotType, Mapping[str, Any]]] = {}
+        for effect in effects:
+            for _, source in effect.refs:
+                if source in compiled.slot_types:
+                    values[source] = (compiled.slot_types[source], work.slots)
+                else:
+                    values[source] = (compiled.fact_types[source], work.facts)
+            try:
+                args = resolve(effect, compiled.effect_types, values)
+            except ValueError as exc:
+                raise _RouteFault(f"effect {effect.name!r} in {state!r}: {exc}") from None
+            work.effects.append(
+                Effect.model_construct(name=effect.name, args=args, state=state, origin=origin)
+            )
 
     def _enter(self, work: _Work, name: str, intent: str | None) -> None:
         states = self.compiled.states
@@ -542,12 +768,16 @@ class Agent:
             work.state = name
             work.path.append(name)
             state = states[name]
+            if state.effects:
+                self._effects(work, state.effects, name, "enter")
             if state.kind == "decide":
                 outcome = self._decide(work, state, intent)
                 route = state.outcomes[outcome]
                 assert route.to is not None
                 self._fire(route.trigger, name, route.to)
-                self._say(work, route.say, route.choose)
+                self._say(work, route.say, route.choose, route.vary)
+                if route.effects:
+                    self._effects(work, route.effects, name, route.trigger)
                 name = route.to
                 continue
             filled = state.filled
@@ -558,10 +788,12 @@ class Agent:
                 and all(s in work.slots for s in state.collect)
             ):
                 self._fire(filled.trigger, name, filled.to)
-                self._say(work, filled.say, filled.choose)
+                self._say(work, filled.say, filled.choose, filled.vary)
+                if filled.effects:
+                    self._effects(work, filled.effects, name, filled.trigger)
                 name = filled.to
                 continue
-            self._say(work, state.say, state.choose)
+            self._say(work, state.say, state.choose, state.vary)
             if state.kind == "terminal":
                 work.ended = True
             return
@@ -571,11 +803,16 @@ class Agent:
         name = state.decide_name or "?"
         assert function is not None
         compiled = self.compiled
+        reads = declared_reads(function)
+        slots, facts = work.slots, work.facts
+        if reads is not None:
+            slots = {k: v for k, v in slots.items() if k in reads}
+            facts = {k: v for k, v in facts.items() if k in reads}
         context = Context.build(
             state=state.name,
             intent=intent,
-            slots={k: compiled.slot_types[k].from_json(v) for k, v in work.slots.items()},
-            facts={k: compiled.fact_types[k].from_json(v) for k, v in work.facts.items()},
+            slots={k: compiled.slot_types[k].from_json(v) for k, v in slots.items()},
+            facts={k: compiled.fact_types[k].from_json(v) for k, v in facts.items()},
             history=work.history,
             session_id=work.session_id,
             turn=work.turn,
@@ -614,17 +851,50 @@ class Agent:
                     raise DecisionError(
                         f"{name} set {kind} {key!r} to an invalid value: {exc}", function=name
                     ) from exc
+        if result.effects:
+            allowed = declared_effects(function).get(result.name, ())
+            for effect in result.effects:
+                if not isinstance(effect, Effect):
+                    raise DecisionError(
+                        f"{name} returned {type(effect).__name__} among its effects, not an Effect",
+                        function=name,
+                    )
+                if effect.name not in allowed:
+                    raise DecisionError(
+                        f"{name} returned effect {effect.name!r}, which it does not declare"
+                        f" for outcome {result.name!r}",
+                        function=name,
+                    )
+                try:
+                    args = validate_returned(effect.name, effect.args, compiled.effect_types)
+                except ValueError as exc:
+                    raise DecisionError(
+                        f"{name} returned effect {effect.name!r} with {exc}", function=name
+                    ) from exc
+                work.effects.append(
+                    Effect.model_construct(
+                        name=effect.name, args=args, state=state.name, origin="decide"
+                    )
+                )
         work.decisions.append(DecisionRecord(state=state.name, function=name, outcome=result.name))
         return result.name
+
+    def _local(self, locale: str | None) -> LocaleTable | None:
+        return self.compiled.locales.get(locale) if locale is not None else None
 
     def _render(self, work: _Work, text: str) -> tuple[Utterance, ...]:
         compiled = self.compiled
         out: list[Utterance] = []
+        table = self._local(work.locale)
+        source = compiled.catalog.locale
         for group in work.said:
             response = group[0]
             if len(group) > 1:
                 response = self._choose(work, group, text)
             template = compiled.templates[response]
+            locale = source
+            if table is not None and response in table.templates:
+                template, locale = table.templates[response], table.code
             values: dict[str, str] = {}
             for name in template.placeholders:
                 if name in work.slots:
@@ -636,10 +906,18 @@ class Agent:
                 else:
                     raise _RouteFault(f"response {response!r} needs {{{name}}}, which has no value")
             text_out = template.text.format_map(values)
-            out.append(Utterance(id=response, text=text_out, hash=template.hash))
+            out.append(Utterance(id=response, text=text_out, hash=template.hash, locale=locale))
         return tuple(out)
 
     def _choose(self, work: _Work, options: tuple[str, ...], text: str) -> str:
+        if work.replayed is not None:
+            if not work.replayed:
+                raise _ReplayedError(work.replay_error or "BackendError: no recorded choice")
+            chosen = work.replayed.popleft()
+            if chosen not in options:
+                raise _ReplayedError(f"BackendError: recorded choice {chosen!r} is not an option")
+            work.chosen.append(chosen)
+            return chosen
         templates = self.compiled.templates
         request = ChooseRequest(
             text=text,
@@ -654,6 +932,7 @@ class Agent:
                 provider=self.backend.name,
             )
         work.usage = work.usage + answer.usage
+        work.chosen.append(answer.response)
         return answer.response
 
     def _audited_text(self, turn: Turn) -> str | None:
@@ -663,6 +942,14 @@ class Agent:
         if self._personal.intersection(self.compiled.states[turn.state_before].collect):
             return None
         return turn.user_text
+
+    def _audited_effect(self, effect: Effect) -> dict[str, Any]:
+        spec = self.compiled.policy.effects[effect.name].params
+        args = {
+            param: _mask(self._audit_key, value) if spec[param].personal else value
+            for param, value in effect.args.items()
+        }
+        return {"name": effect.name, "args": args}
 
     def _emit(self, session: Session, turn: Turn, allowed: frozenset[str]) -> None:
         slots = {
@@ -688,6 +975,8 @@ class Agent:
                 "decisions": [f"{d.function}={d.outcome}" for d in turn.decisions],
                 "responses": [u.id for u in turn.responses],
                 "response_hashes": [u.hash for u in turn.responses],
+                "locale": session.locale,
+                "effects": [self._audited_effect(e) for e in turn.effects],
                 "backend": self.backend.name,
                 "answered_by": turn.answered_by,
                 "model_calls": turn.model_calls,
@@ -698,6 +987,15 @@ class Agent:
                 "ended": turn.ended,
             }
         )
+
+
+def _update(facts: dict[str, Any], given: Mapping[str, Any]) -> None:
+    """Set the host's fact values (already JSON); None clears one."""
+    for name, value in given.items():
+        if value is None:
+            facts.pop(name, None)
+        else:
+            facts[name] = value
 
 
 def _cost(usage: Usage, started: float) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from sopagent._effects import check_effects
 from sopagent._properties import check_properties
 from sopagent.decisions import DecisionFunction, decision_functions, import_decision_module
 from sopagent.errors import Problem
@@ -96,6 +97,8 @@ class _Checker:
         if policy.global_.confidence is not None:
             self.route(policy.global_.confidence.below, "global", "confidence", "below")
         self.route(policy.global_.error, "global", "error", plain=True)
+        if policy.global_.filler is not None:
+            self.route(policy.global_.filler, "global", "filler", plain=True)
         if policy.global_.error.to is not None:
             self.error(
                 "SOP029",
@@ -111,6 +114,7 @@ class _Checker:
             self.warn("SOP031", f"intent {intent!r} is accepted in no state", "intents", intent)
         self.reachability()
         self.catalog_hashes()
+        self.problems += check_effects(policy, self.functions)
         return self.problems
 
     def state(self, name: str, used_intents: set[str]) -> None:
@@ -120,6 +124,10 @@ class _Checker:
             self.response(response, *at, "say", index)
         for index, response in enumerate(state.choose):
             self.response(response, *at, "choose", index)
+        for index, response in enumerate(state.vary):
+            self.response(response, *at, "vary", index)
+        if state.filler is not None:
+            self.route(state.filler, *at, "filler", plain=True)
         for index, slot in enumerate(state.collect):
             if slot not in self.policy.slots:
                 self.error("SOP023", f"unknown slot {slot!r}", *at, "collect", index)
@@ -196,6 +204,8 @@ class _Checker:
             self.response(response, *path, "say", index, plain=plain)
         for index, response in enumerate(route.choose):
             self.response(response, *path, "choose", index, plain=plain)
+        for index, response in enumerate(route.vary):
+            self.response(response, *path, "vary", index, plain=plain)
         for index, slot in enumerate(route.require):
             if slot not in self.policy.slots:
                 self.error("SOP023", f"unknown slot {slot!r}", *path, "require", index)
@@ -222,9 +232,10 @@ class _Checker:
                     )
                 )
         if plain and entry.placeholders:
+            said = "as a filler" if "filler" in path else "on errors"
             self.error(
                 "SOP027",
-                f"response {response!r} is said on errors and may not have placeholders",
+                f"response {response!r} is said {said} and may not have placeholders",
                 *path,
             )
 

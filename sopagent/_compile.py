@@ -11,6 +11,7 @@ import hashlib
 import inspect
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -18,12 +19,14 @@ from typing import Any, Literal
 from transitions import Machine
 
 from sopagent._check import check_policy, resolve_decisions
+from sopagent._effects import CompiledEffect, EffectTypes, compile_effect, effect_map, effect_types
 from sopagent._load import load_catalog
+from sopagent._locales import LocaleTable, check_translations, compile_locale, load_translations
 from sopagent._slots import SlotType, compile_slot
 from sopagent.backends import Label
 from sopagent.decisions import DecisionFunction
 from sopagent.errors import PolicyError, Problem
-from sopagent.policy import OUT_OF_SCOPE, Catalog, Policy, Response, Route
+from sopagent.policy import OUT_OF_SCOPE, Catalog, EffectCall, Policy, Response, Route
 
 __all__ = ["CompiledPolicy", "CompiledRoute", "CompiledState", "compile_policy"]
 
@@ -49,6 +52,8 @@ class CompiledRoute:
     say: tuple[str, ...]
     choose: tuple[str, ...]
     require: tuple[str, ...]
+    vary: tuple[str, ...] = ()
+    effects: tuple[CompiledEffect, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +78,9 @@ class CompiledState:
     allowed: frozenset[str]
     examples: dict[str, str]
     key: str
+    vary: tuple[str, ...] = ()
+    effects: tuple[CompiledEffect, ...] = ()
+    filler: CompiledRoute | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +107,8 @@ class CompiledPolicy:
     functions: dict[str, DecisionFunction]
     vocabulary: tuple[Label, ...] = ()
     warnings: tuple[Problem, ...] = ()
+    effect_types: EffectTypes = field(default_factory=dict)
+    locales: dict[str, LocaleTable] = field(default_factory=dict)
     machine: Machine = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -116,6 +126,10 @@ class CompiledPolicy:
     def name(self) -> str:
         """The policy's name."""
         return self.policy.name
+
+    def effects_config(self) -> dict[str, Any]:
+        """Return every effect the machine can emit, and where, as plain data (`effect_map`)."""
+        return effect_map(self)
 
     def machine_config(self) -> dict[str, Any]:
         """Return the machine as plain data: ``initial``, ``states`` and ``transitions``."""
@@ -139,20 +153,37 @@ class CompiledPolicy:
         }
 
 
-def _route(trigger: str, route: Route) -> CompiledRoute:
+def _route(trigger: str, route: Route, types: EffectTypes | None = None) -> CompiledRoute:
     return CompiledRoute(
-        trigger, route.to, tuple(route.say), tuple(route.choose), tuple(route.require)
+        trigger,
+        route.to,
+        tuple(route.say),
+        tuple(route.choose),
+        tuple(route.require),
+        tuple(route.vary),
+        _effects(route.effects, types or {}),
     )
+
+
+def _effects(calls: list[EffectCall], types: EffectTypes) -> tuple[CompiledEffect, ...]:
+    return tuple(compile_effect(call, types) for call in calls)
 
 
 def _normalize(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
-def _policy_hash(policy: Policy, catalog: Catalog, functions: dict[str, DecisionFunction]) -> str:
+def _policy_hash(
+    policy: Policy,
+    catalog: Catalog,
+    functions: dict[str, DecisionFunction],
+    translations: Sequence[Catalog] = (),
+) -> str:
     digest = hashlib.sha256()
     digest.update(policy.model_dump_json(by_alias=True).encode())
     digest.update(catalog.model_dump_json().encode())
+    for translation in translations:
+        digest.update(translation.model_dump_json().encode())
     # The whole source of every decision module, so that a changed constant pins new sessions.
     modules = sorted({inspect.getmodule(f) for f in functions.values()} - {None}, key=str)
     for module in modules:
@@ -182,14 +213,19 @@ def compile_policy(policy: Policy, catalog: Catalog | None = None) -> CompiledPo
         catalog = load_catalog(base / policy.catalog)
     functions, problems = resolve_decisions(policy)
     problems += check_policy(policy, catalog, functions)
+    translations, found = load_translations(policy)
+    problems += found + check_translations(policy, catalog, translations)
     if any(p.severity == "error" for p in problems):
         raise PolicyError(problems)
-    policy_hash = _policy_hash(policy, catalog, functions)
+    policy_hash = _policy_hash(policy, catalog, functions, translations)
+    types = effect_types(policy)
 
     global_routes = {
-        intent: _route(f"intent:{intent}", route) for intent, route in policy.global_.on.items()
+        intent: _route(f"intent:{intent}", route, types)
+        for intent, route in policy.global_.on.items()
     }
-    fallback = _route("fallback", policy.global_.fallback)
+    fallback = _route("fallback", policy.global_.fallback, types)
+    filler = _route("filler", policy.global_.filler) if policy.global_.filler else None
     out_of_scope = OUT_OF_SCOPE_LABEL
     if policy.out_of_scope is not None:
         out_of_scope = Label(
@@ -209,7 +245,7 @@ def compile_policy(policy: Policy, catalog: Catalog | None = None) -> CompiledPo
         routes: dict[str, CompiledRoute] = {}
         if kind == "wait" and state.globals:
             routes.update(global_routes)
-        routes.update({i: _route(f"intent:{i}", r) for i, r in state.on.items()})
+        routes.update({i: _route(f"intent:{i}", r, types) for i, r in state.on.items()})
         collect = list(state.collect)
         for route in routes.values():
             collect.extend(s for s in route.require if s not in collect)
@@ -236,17 +272,26 @@ def compile_policy(policy: Policy, catalog: Catalog | None = None) -> CompiledPo
             collect=tuple(collect),
             explicit=tuple(state.collect),
             routes=routes,
-            filled=_route("filled", state.filled) if state.filled else None,
-            fallback=_route("fallback", state.fallback) if state.fallback else fallback,
+            filled=_route("filled", state.filled, types) if state.filled else None,
+            fallback=_route("fallback", state.fallback, types) if state.fallback else fallback,
             threshold=confidence.threshold if confidence and kind == "wait" else 0.0,
-            unsure=_route("unsure", confidence.below) if confidence and kind == "wait" else None,
+            unsure=(
+                _route("unsure", confidence.below, types) if confidence and kind == "wait" else None
+            ),
             decide=functions.get(state.decide) if state.decide else None,
             decide_name=state.decide,
-            outcomes={o: _route(f"outcome:{o}", r) for o, r in state.outcomes.items()},
+            outcomes={o: _route(f"outcome:{o}", r, types) for o, r in state.outcomes.items()},
             labels=labels if kind == "wait" else (),
             allowed=frozenset(label.name for label in labels) if kind == "wait" else frozenset(),
             examples=examples,
             key=policy_hash,
+            vary=tuple(state.vary),
+            effects=_effects(state.effects, types),
+            filler=(
+                (_route("filler", state.filler) if state.filler else filler)
+                if kind == "wait"
+                else None
+            ),
         )
     templates = {rid: _template(rid, response) for rid, response in catalog.responses.items()}
     vocabulary = (
@@ -267,6 +312,11 @@ def compile_policy(policy: Policy, catalog: Catalog | None = None) -> CompiledPo
         functions=functions,
         vocabulary=vocabulary,
         warnings=tuple(p for p in problems if p.severity != "error"),
+        effect_types=types,
+        locales={
+            t.locale: compile_locale(t, catalog, states, vocabulary, policy_hash)
+            for t in translations
+        },
     )
 
 

@@ -454,6 +454,7 @@ class Recorder(Agent):
         forced: str | None,
         found: dict[str, Any],
         taken: list[tuple[int, int]],
+        locale: str | None = None,
     ) -> _Classified:
         classified = self._classify_input(state, text, forced, found, taken)
         if classified.intent is not None:
@@ -487,9 +488,19 @@ class Recorder(Agent):
         return super()._route(work, state, intent, found, invalid, unsure)
 
     @override
-    def _say(self, work: _Work, say: tuple[str, ...], choose: tuple[str, ...]) -> None:
+    def _say(
+        self,
+        work: _Work,
+        say: tuple[str, ...],
+        choose: tuple[str, ...],
+        vary: tuple[str, ...] = (),
+    ) -> None:
         self.sync(work)
-        super()._say(work, say, choose)
+        # The session's seed picks one `vary` line: every seed is possible, so each line is
+        # explored as a choice, in its place between `say` and `choose`.
+        super()._say(work, say, vary)
+        if choose:
+            super()._say(work, (), choose)
         self.sync(work)
 
     @override

@@ -134,6 +134,7 @@ class _ReplayAgent(Agent):
         forced: str | None,
         found: dict[str, Any],
         taken: list[tuple[int, int]],
+        locale: str | None = None,
     ) -> _Classified:
         event = self.event
         intent = event.get("intent")

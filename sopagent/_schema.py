@@ -33,6 +33,7 @@ def json_schemas() -> dict[str, Schema]:
     defs = policy["$defs"]
     defs["Route"] = _route_shorthand(defs["Route"])
     defs["State"] = _say_shorthand(defs["State"])
+    defs["EffectCall"] = _effect_shorthand(defs["EffectCall"])
     catalog = Catalog.model_json_schema()
     catalog["$defs"]["Response"] = _response_shorthand(catalog["$defs"]["Response"])
     return {
@@ -107,6 +108,26 @@ def _route_shorthand(schema: Schema) -> Schema:
     full = _say_shorthand(schema)
     annotations = _annotations(full)
     return {**annotations, "anyOf": [target, full]}
+
+
+def _effect_shorthand(schema: Schema) -> Schema:
+    """An effect is also written as its name, or as ``{name: {param: value}}``."""
+    name = copy.deepcopy(schema["properties"]["name"])
+    name.pop("title", None)
+    args = copy.deepcopy(schema["properties"]["args"])
+    args.pop("title", None)
+    bare = {**name, "description": "Shorthand for an effect without arguments."}
+    keyed = {
+        "type": "object",
+        "description": "Shorthand: {<effect>: {<parameter>: <value or {from: name}>}}.",
+        "minProperties": 1,
+        "maxProperties": 1,
+        "patternProperties": {name["pattern"]: {"anyOf": [args, {"type": "null"}]}},
+        "additionalProperties": False,
+    }
+    full = copy.deepcopy(schema)
+    annotations = _annotations(full)
+    return {**annotations, "anyOf": [bare, keyed, full]}
 
 
 def _response_shorthand(schema: Schema) -> Schema:

@@ -12,6 +12,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from types import MappingProxyType
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -24,18 +25,31 @@ from pydantic import (
 )
 
 from sopagent.policy import (
+    _ID,
     BooleanSlot,
+    CountsFact,
     DateSlot,
     DecimalSlot,
     EnumSlot,
     IntegerSlot,
     MoneySlot,
+    SetFact,
     StringSlot,
 )
 
 __all__ = ["SlotType", "clean_text", "compile_slot"]
 
-SlotSpec = StringSlot | EnumSlot | IntegerSlot | DecimalSlot | MoneySlot | BooleanSlot | DateSlot
+SlotSpec = (
+    StringSlot
+    | EnumSlot
+    | IntegerSlot
+    | DecimalSlot
+    | MoneySlot
+    | BooleanSlot
+    | DateSlot
+    | SetFact
+    | CountsFact
+)
 
 _NUMBER = re.compile(
     r"(?<![\w.])-?\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\w])|(?<![\w.])-?\d+(?:\.\d+)?(?![\w])"
@@ -141,6 +155,10 @@ class SlotType:
             return str(value)
         if isinstance(value, dt.date):
             return value.isoformat()
+        if self.kind == "set":
+            return sorted(value)
+        if self.kind == "counts":
+            return {key: value[key] for key in sorted(value)}
         return value
 
     def from_json(self, value: Any) -> Any:
@@ -149,6 +167,10 @@ class SlotType:
             return Decimal(value)
         if self.kind == "date":
             return dt.date.fromisoformat(value)
+        if self.kind == "set":
+            return frozenset(value)
+        if self.kind == "counts":
+            return MappingProxyType(dict(value))
         return value
 
     def render(self, value: Any) -> str:
@@ -166,6 +188,11 @@ class SlotType:
             return str(value).replace("_", " ")
         if isinstance(spec, StringSlot):
             return clean_text(str(value), spec.max_length)
+        if isinstance(spec, SetFact):
+            return ", ".join(member.replace("_", " ") for member in sorted(value)) or "none"
+        if isinstance(spec, CountsFact):
+            counted = (f"{value[key]} {key.replace('_', ' ')}" for key in sorted(value))
+            return ", ".join(counted) or "none"
         return str(value)
 
     # -- extraction ----------------------------------------------------------------------------
@@ -183,6 +210,8 @@ class SlotType:
 
     def _candidates(self, text: str) -> list[tuple[Any, tuple[int, int]]]:
         spec = self.spec
+        if isinstance(spec, SetFact | CountsFact):
+            return []  # facts only: the host or a decision function sets them
         if isinstance(spec, StringSlot):
             if self._pattern is None:
                 return []
@@ -310,7 +339,26 @@ def _annotation(spec: SlotSpec) -> Any:
         ]
     if isinstance(spec, BooleanSlot):
         return Annotated[bool, Field(strict=True)]
+    if isinstance(spec, SetFact):
+        member: Any = Literal[tuple(spec.values)] if spec.values else _ID_STRING
+        return Annotated[frozenset[member], Field(max_length=spec.max_items)]
+    if isinstance(spec, CountsFact):
+        key: Any = Literal[tuple(spec.keys)] if spec.keys else _ID_STRING
+        count = Annotated[int, Field(strict=True, ge=spec.min, le=spec.max)]
+        return Annotated[
+            dict[key, count],
+            Field(max_length=spec.max_items),
+            AfterValidator(_counted),
+        ]
     return dt.date
+
+
+_ID_STRING = Annotated[str, StringConstraints(pattern=_ID, max_length=64, strict=True)]
+
+
+def _counted(counts: dict[str, int]) -> MappingProxyType[str, int]:
+    # A zero count is the same inventory as no entry: keep one spelling of each.
+    return MappingProxyType({key: counts[key] for key in sorted(counts) if counts[key]})
 
 
 def _group_source(pattern: str) -> str:

@@ -12,10 +12,13 @@ Commands:
 * ``export-finetune POLICY --data FILE``: OpenAI chat fine-tuning data from labelled examples;
 * ``verify POLICY``: prove the policy's properties, or print shortest counterexamples;
 * ``diff OLD NEW``: what changed between two versions, down to the conversations possible;
-* ``replay AUDIT... --policy NEW``: logged conversations that a new version would change.
+* ``replay AUDIT... --policy NEW``: logged conversations that a new version would change;
+* ``npc POLICY --stdio``: game NPCs for an engine over JSON lines; ``--replay FILE`` replays one;
+* ``export-lines POLICY``: every catalog line of every locale as CSV.
 
-Exit codes: 0 success, 1 findings (``verify``, ``diff``, ``replay``), 2 authoring or usage
-errors (`sopagent.errors.PolicyError`, bad options, malformed input files), 3 run-time faults
+Exit codes: 0 success, 1 findings (``verify``, ``diff``, ``replay``, an ``npc --replay`` that
+diverged from its recording), 2 authoring or usage errors (`sopagent.errors.PolicyError`, bad
+options, malformed input files), 3 run-time faults
 (`sopagent.errors.RuntimeFault`, the embedded backend missing). Heavy modules (rich, the
 embedded model) are imported only by the commands that need them.
 """
@@ -1296,6 +1299,145 @@ def replay(
             )
         if changed:
             raise typer.Exit(1)
+# --- npc -------------------------------------------------------------------------------------
+
+
+@app.command()
+def npc(
+    policy: PolicyArg,
+    *,
+    stdio: Annotated[
+        bool,
+        typer.Option(
+            "--stdio",
+            help="Serve the JSON-lines NPC protocol on standard input and output, for game"
+            " engines (docs/npc.md).",
+        ),
+    ] = False,
+    replay_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--replay",
+            metavar="FILE",
+            help="Replay a recording (labels, no model call) and check every turn's state"
+            " digest; exit 1 if one differs.",
+            show_default=False,
+        ),
+    ] = None,
+    backend: BackendOpt = None,
+    script: ScriptOpt = None,
+    audit: AuditOpt = None,
+    budget_ms: Annotated[
+        float | None,
+        typer.Option(
+            "--budget-ms",
+            min=0,
+            help="--stdio: budget of 'say' requests that give none; a turn over it sends its"
+            " filler line at once and the turn when done.",
+            show_default=False,
+        ),
+    ] = None,
+    record: Annotated[
+        bool, typer.Option("--record", help="--stdio: NPCs record their turns by default.")
+    ] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="--replay: print one JSON turn record per line.")
+    ] = False,
+) -> None:
+    """Run game NPCs of a policy for an engine (--stdio), or replay a recorded session."""
+    if stdio == (replay_file is not None):
+        raise typer.BadParameter("give exactly one of --stdio and --replay FILE")
+    with _reporting():
+        compiled = _compile(policy)
+        if replay_file is not None:
+            _replay(compiled, replay_file, json_output=json_output)
+            return
+        from sopagent._agent import Agent  # noqa: PLC0415
+        from sopagent._stdio import serve  # noqa: PLC0415
+
+        agent = Agent(compiled, _backend(backend, script, compiled), audit=_NullSink())
+        sink = agent.audit = _open_sink(audit)
+        _warm(agent)
+        try:
+            serve(agent, budget_ms=budget_ms, record=record)
+        finally:
+            _close(sink)
+
+
+def _replay(compiled: CompiledPolicy, path: Path, *, json_output: bool) -> None:
+    from sopagent._npc import Recording, replay  # noqa: PLC0415
+    from sopagent.errors import SessionError  # noqa: PLC0415
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyLoadError(
+            [Problem("SOP001", f"cannot read the recording: {exc}", Location(str(path)))]
+        ) from exc
+    try:
+        result = replay(compiled, Recording.from_jsonl(text))
+    except SessionError as exc:
+        # A broken recording, or one of another policy version, is bad input: exit 2.
+        raise PolicyLoadError([Problem("SOP001", str(exc), Location(str(path)))]) from exc
+    show = _record if json_output else _transcript
+    for turn in result.turns:
+        sys.stdout.write(show(turn) + "\n")
+    sys.stdout.flush()
+    count = len(result.turns)
+    if result.diverged is not None:
+        _err(
+            f"the replay diverged at turn {result.diverged} of {count}: state digest"
+            f" {result.actual}, recorded {result.expected}"
+        )
+        raise typer.Exit(1)
+    _err(
+        f"{count} turn{'s' if count != 1 else ''} replayed with no model call; every state matches"
+    )
+
+
+@app.command("export-lines")
+def export_lines(
+    policy: PolicyArg,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Write here instead of standard output.", show_default=False
+        ),
+    ] = None,
+    locale: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--locale",
+            metavar="LOCALE",
+            help="Only these locales (repeatable).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Write every line of every locale as CSV, for translators and voice studios.
+
+    One row per line id and locale, source text beside the translation, status missing,
+    unapproved, approved or changed, and where the policy says the line.
+    """
+    from sopagent._locales import lines_csv  # noqa: PLC0415
+
+    with _reporting():
+        compiled = _compile(policy)
+        try:
+            text = lines_csv(compiled, locale)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--locale") from None
+        if out is None:
+            sys.stdout.write(text)
+            return
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            _err(f"error: cannot write {out}: {exc.strerror}")
+            raise typer.Exit(2) from None
+        rows = text.count("\n") - 1
+        _err(f"{rows} line{'s' if rows != 1 else ''} written to {out}")
 
 
 # --- entry point -----------------------------------------------------------------------------

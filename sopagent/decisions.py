@@ -12,7 +12,17 @@ either as a string or as an `Outcome` carrying slot and fact updates::
         return Outcome("approve", facts={"refund_amount": ctx.facts["order_total"]})
 
 A policy names the modules it takes decision functions from; only functions marked with
-`@decision` in those modules can be referenced.
+`@decision` in those modules can be referenced. A function may also declare the slots and
+facts it reads (``reads=[...]``) and the effects it may return (``effects=...``)::
+
+    from sopagent import Effect
+
+    @decision(outcomes=["sold", "too_low"], reads=["offer"], effects={"sold": ["take_gold"]})
+    def weigh_offer(ctx: Context) -> Outcome | str:
+        offer = ctx.slots["offer"]
+        if offer < 50:
+            return "too_low"
+        return Outcome("sold", effects=[Effect(name="take_gold", args={"amount": offer})])
 """
 
 from __future__ import annotations
@@ -21,22 +31,29 @@ import hashlib
 import importlib
 import importlib.util
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType, ModuleType
 from typing import Any, Protocol
+
+from sopagent.session import Effect
 
 __all__ = ["Context", "DecisionFunction", "Outcome", "decision"]
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What a decision function decided, with the slot and fact values it sets."""
+    """What a decision function decided, with the slot and fact values it sets.
+
+    ``effects`` are emitted after the updates, before the outcome's route is taken; each must
+    be declared by the policy and, for this outcome, by ``@decision(effects=...)``.
+    """
 
     name: str
     slots: Mapping[str, Any] = field(default_factory=dict)
     facts: Mapping[str, Any] = field(default_factory=dict)
+    effects: Sequence[Effect] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,30 +121,64 @@ class DecisionFunction(Protocol):
 
 
 _MARK = "__sopagent_outcomes__"
+_READS = "__sopagent_reads__"
+_EFFECTS = "__sopagent_effects__"
 
 
 def decision(
-    *, outcomes: list[str] | tuple[str, ...]
+    *,
+    outcomes: list[str] | tuple[str, ...],
+    reads: Sequence[str] | None = None,
+    effects: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
 ) -> Callable[[Callable[[Context], Outcome | str]], DecisionFunction]:
     """Mark a function as a decision function with the outcomes it may return.
 
     Args:
         outcomes: every outcome the function may return; a policy must route each.
+        reads: the slots and facts it reads; the checker checks that the policy declares
+            them, and the function's context holds only these. By default it sees them all.
+        effects: the declared effects it may return in `Outcome.effects`: names allowed with
+            every outcome, or outcome -> names. By default it returns none.
 
     Returns:
-        A decorator that records the outcomes on the function and returns it unchanged.
+        A decorator that records the declaration on the function and returns it unchanged.
     """
     declared = tuple(outcomes)
     if not declared:
         raise ValueError("a decision function declares at least one outcome")
     if len(set(declared)) != len(declared):
         raise ValueError(f"duplicate outcomes in {declared}")
+    if isinstance(reads, str) or isinstance(effects, str):
+        raise TypeError("reads and effects are lists of names, not one string")
+    emits: dict[str, tuple[str, ...]] = {}
+    if isinstance(effects, Mapping):
+        unknown = sorted(set(effects) - set(declared))
+        if unknown:
+            raise ValueError(f"effects for undeclared outcomes: {', '.join(unknown)}")
+        emits = {outcome: tuple(effects.get(outcome, ())) for outcome in declared}
+    elif effects is not None:
+        emits = dict.fromkeys(declared, tuple(effects))
+    read = None if reads is None else tuple(reads)
 
     def mark(function: Callable[[Context], Outcome | str]) -> DecisionFunction:
         setattr(function, _MARK, declared)
+        setattr(function, _READS, read)
+        setattr(function, _EFFECTS, emits)
         return function  # type: ignore[return-value]
 
     return mark
+
+
+def declared_reads(function: DecisionFunction) -> tuple[str, ...] | None:
+    """The slots and facts a decision function declared it reads, or None for all."""
+    reads: tuple[str, ...] | None = getattr(function, _READS, None)
+    return reads
+
+
+def declared_effects(function: DecisionFunction) -> dict[str, tuple[str, ...]]:
+    """Outcome -> the effects a decision function may return with it."""
+    emits: dict[str, tuple[str, ...]] = getattr(function, _EFFECTS, None) or {}
+    return emits
 
 
 def import_decision_module(spec: str, base: Path) -> ModuleType:

@@ -34,14 +34,19 @@ __all__ = [
     "BooleanSlot",
     "Catalog",
     "Confidence",
+    "CountsFact",
     "DateSlot",
     "DecimalSlot",
     "DecisionEvent",
+    "EffectCall",
+    "EffectSpec",
     "EndedEvent",
     "EnumSlot",
     "Event",
     "Events",
+    "Fact",
     "FilledEvent",
+    "FromValue",
     "GlobalRoutes",
     "IntegerSlot",
     "Intent",
@@ -56,6 +61,7 @@ __all__ = [
     "Response",
     "Route",
     "SayEvent",
+    "SetFact",
     "Slot",
     "State",
     "StateEvent",
@@ -204,6 +210,82 @@ Slot = Annotated[
 ]
 
 
+class SetFact(_SlotBase):
+    """A set of ids, such as the quest flags a player has raised. Facts only."""
+
+    type: Literal["set"]
+    values: list[Identifier] | None = Field(
+        default=None, description="The ids a member may be; omitted: any id."
+    )
+    max_items: int = Field(default=256, ge=1, le=10_000)
+
+
+class CountsFact(_SlotBase):
+    """A count per id, such as an inventory (item -> how many). Facts only."""
+
+    type: Literal["counts"]
+    keys: list[Identifier] | None = Field(
+        default=None, description="The ids that may be counted; omitted: any id."
+    )
+    min: int = Field(default=0, description="Lowest count.")
+    max: int | None = Field(default=None, description="Highest count.")
+    max_items: int = Field(default=256, ge=1, le=10_000)
+
+
+Fact = Annotated[
+    StringSlot
+    | EnumSlot
+    | IntegerSlot
+    | DecimalSlot
+    | MoneySlot
+    | BooleanSlot
+    | DateSlot
+    | SetFact
+    | CountsFact,
+    Field(discriminator="type"),
+]
+
+
+# --- effects ----------------------------------------------------------------------------------
+
+
+class EffectSpec(_Model):
+    """An effect the host applies (``give_item``, ``take_gold``): its typed parameters."""
+
+    description: str = ""
+    params: dict[Identifier, Slot] = Field(
+        default_factory=dict, description="Parameter name -> type (the slot types)."
+    )
+
+
+class FromValue(_Model):
+    """An effect argument taken from a slot or fact value when the effect is emitted."""
+
+    from_: Identifier = Field(alias="from", description="The slot or fact to read.")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+Argument = bool | int | float | str | FromValue
+
+
+class EffectCall(_Model):
+    """One declared effect emitted with its arguments: constants or ``{from: name}``."""
+
+    name: Identifier
+    args: dict[Identifier, Argument] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"name": value}
+        if isinstance(value, dict) and len(value) == 1 and "name" not in value:
+            ((name, args),) = value.items()
+            return {"name": name, "args": {} if args is None else args}
+        return value
+
+
 # --- intents and routes -----------------------------------------------------------------------
 
 
@@ -226,6 +308,13 @@ class Route(_Model):
     )
     require: list[Identifier] = Field(
         default_factory=list, description="Slots that must be filled to take this route."
+    )
+    vary: list[Identifier] = Field(
+        default_factory=list,
+        description="One of these responses, picked by the session's seed (no model call).",
+    )
+    effects: list[EffectCall] = Field(
+        default_factory=list, description="Declared effects emitted when the route is taken."
     )
 
     @model_validator(mode="before")
@@ -261,6 +350,13 @@ class State(_Model):
     choose: list[Identifier] = Field(
         default_factory=list, description="On entering, the model picks one of these responses."
     )
+    vary: list[Identifier] = Field(
+        default_factory=list,
+        description="On entering, one of these responses, picked by the session's seed.",
+    )
+    effects: list[EffectCall] = Field(
+        default_factory=list, description="Declared effects emitted on entering the state."
+    )
     collect: list[Identifier] = Field(
         default_factory=list, description="Slots extracted from what the user says here."
     )
@@ -273,6 +369,9 @@ class State(_Model):
     )
     confidence: Confidence | None = Field(
         default=None, description="Overrides the global confidence rule in this state."
+    )
+    filler: Route | None = Field(
+        default=None, description="Overrides the global filler line in this state."
     )
     decide: Identifier | None = Field(default=None, description="Decision function to run.")
     outcomes: dict[Identifier, Route] = Field(
@@ -298,6 +397,8 @@ class State(_Model):
             raise ValueError("a state that decides must route its outcomes")
         if self.terminal and (self.on or self.decide or self.filled or self.collect):
             raise ValueError("a terminal state has no routes, decisions or slots")
+        if self.filler is not None and (self.terminal or self.decide is not None):
+            raise ValueError("a filler line is for states that wait for input")
         return self
 
 
@@ -312,6 +413,11 @@ class GlobalRoutes(_Model):
     confidence: Confidence | None = Field(
         default=None,
         description="Below this score the model's intent is not acted upon (model answers only).",
+    )
+    filler: Route | None = Field(
+        default=None,
+        description="Said at once when a turn misses its time budget (say or vary only); the"
+        " real answer follows.",
     )
 
 
@@ -539,8 +645,20 @@ class Policy(_Sourced):
     initial: Identifier
     intents: dict[Identifier, Intent] = Field(min_length=1)
     slots: dict[Identifier, Slot] = Field(default_factory=dict)
-    facts: dict[Identifier, Slot] = Field(
-        default_factory=dict, description="Typed values set by the host or decision functions."
+    facts: dict[Identifier, Fact] = Field(
+        default_factory=dict,
+        description="Typed values set by the host (at the start and with every turn: the game"
+        " state) or by decision functions.",
+    )
+    effects: dict[Identifier, EffectSpec] = Field(
+        default_factory=dict, description="Effects the host applies, with typed parameters."
+    )
+    translations: list[str] = Field(
+        default_factory=list,
+        description="Catalogs of the same responses in other locales, relative to this file.",
+    )
+    remember: int = Field(
+        default=200, ge=0, le=10_000, description="How many past turns a session keeps."
     )
     out_of_scope: Intent | None = Field(
         default=None,
@@ -640,3 +758,8 @@ class Catalog(_Sourced):
     catalog: Identifier
     locale: str = Field(default="en", pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
     responses: dict[Identifier, Response] = Field(min_length=1)
+    examples: dict[Identifier, list[Annotated[str, Field(min_length=1, max_length=500)]]] = Field(
+        default_factory=dict,
+        description="Intent -> examples in this catalog's locale (translations only); they"
+        " replace the policy's examples for sessions in this locale.",
+    )

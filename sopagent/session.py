@@ -9,7 +9,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sopagent.errors import SessionError
 
-__all__ = ["DecisionRecord", "Session", "SessionTurn", "SessionUsage", "Turn", "Utterance"]
+__all__ = [
+    "DecisionRecord",
+    "Effect",
+    "Session",
+    "SessionTurn",
+    "SessionUsage",
+    "Turn",
+    "Utterance",
+]
 
 JSONValue = Any
 
@@ -53,6 +61,10 @@ class Session(BaseModel):
     facts: dict[str, JSONValue] = Field(default_factory=dict)
     history: list[SessionTurn] = Field(default_factory=list)
     usage: SessionUsage = Field(default_factory=SessionUsage)
+    locale: str | None = Field(
+        default=None, description="Locale of the lines said; None: the catalog's own."
+    )
+    seed: int = Field(default=0, description="Seeds the lines picked by `vary`.")
 
     def to_json(self) -> str:
         """Serialize to compact JSON."""
@@ -79,6 +91,27 @@ class Utterance(BaseModel):
     id: str
     text: str
     hash: str = Field(description="content_hash of the catalog template.")
+    locale: str | None = Field(default=None, description="Locale of the template rendered.")
+
+
+class Effect(BaseModel):
+    """A declared effect for the host to apply, such as ``give_item(item=silver_key)``.
+
+    Decision functions return them in `sopagent.Outcome` (``Effect(name="take_gold",
+    args={"amount": 50})``); a `Turn` lists every effect its turn emitted, in order, with the
+    arguments validated against the policy's declaration and in their JSON form.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    args: dict[str, JSONValue] = Field(default_factory=dict)
+    state: str | None = Field(default=None, description="The state that emitted it.")
+    origin: str | None = Field(
+        default=None,
+        description="What emitted it: a route's trigger (intent:NAME, outcome:NAME, filled,"
+        " fallback, unsure), enter (a state's effects) or decide (the decision function).",
+    )
 
 
 class DecisionRecord(BaseModel):
@@ -113,6 +146,14 @@ class Turn(BaseModel):
     invalid_slots: dict[str, str] = Field(default_factory=dict)
     decisions: tuple[DecisionRecord, ...] = ()
     responses: tuple[Utterance, ...]
+    effects: tuple[Effect, ...] = Field(
+        default=(), description="Effects for the host to apply, in the order emitted."
+    )
+    pending: bool = Field(
+        default=False,
+        description="A filler said because the turn missed its time budget; the real turn"
+        " follows (`sopagent.Npc.poll`).",
+    )
     model_calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0

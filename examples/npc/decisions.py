@@ -1,63 +1,68 @@
 """Decision functions of Bramble the merchant (policies/merchant_npc.yaml).
 
 The rules of the trade live here, in code: the model only recognises what the player wants,
-it never decides whether the key changes hands. The game passes the player's purse and pack in
-as facts (``gold``, ``has_moonstone``, ``has_silver_key``) and reads the result back from the
-same facts and from ``trade``.
+it never decides whether the key changes hands. The game passes its state in with every turn
+(``gold``, ``inventory``, ``flags``); what changes hands goes back to the game as effects
+(``take_gold`` from here, ``give_item`` and ``take_item`` from the policy's routes).
 """
 
 from __future__ import annotations
 
-from sopagent import Context, Outcome, decision
+from sopagent import Context, Effect, Outcome, decision
 
 KEY_PRICE = 50
 """The least gold Bramble takes for the silver key."""
+QUEST_PRICE = 40
+"""His price for a player on Wren's crypt quest."""
 
 
-@decision(outcomes=["key_for_sale", "player_has_key"])
+def _carries(ctx: Context, item: str) -> bool:
+    return ctx.facts.get("inventory", {}).get(item, 0) > 0
+
+
+@decision(
+    outcomes=["key_for_sale", "quest_discount", "player_has_key"], reads=["inventory", "flags"]
+)
 def open_shop(ctx: Context) -> Outcome:
-    """Open the shop: fill in what the game left out and state the price of the key."""
-    facts = {
-        "gold": ctx.facts.get("gold", 0),
-        "has_moonstone": ctx.facts.get("has_moonstone", False),
-        "has_silver_key": ctx.facts.get("has_silver_key", False),
-        "key_price": KEY_PRICE,
-        "trade": "none",
-    }
-    if facts["has_silver_key"]:
-        return Outcome("player_has_key", facts=facts)
-    return Outcome("key_for_sale", facts=facts)
+    """Open the shop: the key's price depends on whether Wren sent the player."""
+    if _carries(ctx, "silver_key"):
+        return Outcome("player_has_key", facts={"key_price": KEY_PRICE})
+    if "crypt_quest" in ctx.facts.get("flags", frozenset()):
+        return Outcome("quest_discount", facts={"key_price": QUEST_PRICE})
+    return Outcome("key_for_sale", facts={"key_price": KEY_PRICE})
 
 
-@decision(outcomes=["sold", "too_low", "cannot_afford"])
+@decision(
+    outcomes=["sold", "too_low", "cannot_afford"],
+    reads=["offer", "gold", "key_price"],
+    effects={"sold": ["take_gold"]},
+)
 def weigh_offer(ctx: Context) -> Outcome:
-    """Sell for an offer of at least KEY_PRICE the player can pay; always forget the offer."""
+    """Sell for an offer of at least the price that the player can pay; forget the offer."""
     offer = ctx.slots["offer"]
-    gold = ctx.facts["gold"]
+    gold = ctx.facts.get("gold", 0)
     if offer > gold:
         return Outcome("cannot_afford", slots={"offer": None})
-    if offer < KEY_PRICE:
+    if offer < ctx.facts["key_price"]:
         return Outcome("too_low", slots={"offer": None})
     return Outcome(
         "sold",
         slots={"offer": None},
-        facts={"gold": gold - offer, "has_silver_key": True, "trade": "bought"},
+        # Bramble's own view of the purse, for the line he says; the game applies the effect.
+        facts={"gold": gold - offer},
+        effects=[Effect(name="take_gold", args={"amount": offer})],
     )
 
 
-@decision(outcomes=["carries_moonstone", "no_moonstone"])
+@decision(outcomes=["carries_moonstone", "no_moonstone"], reads=["inventory"])
 def check_moonstone(ctx: Context) -> str:
     """Whether the player has the one thing Bramble would take instead of gold."""
-    return "carries_moonstone" if ctx.facts.get("has_moonstone") else "no_moonstone"
+    return "carries_moonstone" if _carries(ctx, "moonstone") else "no_moonstone"
 
 
-@decision(outcomes=["bartered", "no_moonstone"])
+@decision(outcomes=["bartered", "no_moonstone"], reads=["inventory"])
 def barter_key(ctx: Context) -> Outcome | str:
     """Swap the key for the moonstone; check the moonstone again so no path can skip it."""
-    if not ctx.facts.get("has_moonstone"):
+    if not _carries(ctx, "moonstone"):
         return "no_moonstone"
-    return Outcome(
-        "bartered",
-        slots={"offer": None},
-        facts={"has_moonstone": False, "has_silver_key": True, "trade": "bartered"},
-    )
+    return Outcome("bartered", slots={"offer": None})

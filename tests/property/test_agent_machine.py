@@ -3,7 +3,8 @@
 A Hypothesis state machine drives a compiled agent with arbitrary user text and arbitrary
 backend answers (allowed labels, foreign labels, bad scores, failures) and checks after every
 turn that what was said is exactly an approved template, that every move is a declared
-transition, that the end is final, and that sessions survive a JSON round trip.
+transition, that the end is final, and that sessions survive a JSON round trip (the general
+one and the compact NPC save).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from strategies import (
 
 from sopagent import Agent, Catalog, MemorySink, Policy, Session, Turn, compile_policy, load_policy
 from sopagent._compile import CompiledPolicy
+from sopagent._npc import load_state, save_state
 from sopagent.backends import ClassifyRequest
 
 REFUND = compile_policy(load_policy(REFUND_POLICY))
@@ -178,6 +180,7 @@ class AgentMachine(RuleBasedStateMachine):
     def replay_on_copy(self, text: str, answer: Answer) -> None:
         copy = Session.from_json(self.session.to_json())
         assert copy == self.session
+        assert load_state(save_state(self.session)) == self.session
         self.backend.answer = answer
         first = self.agent.respond(copy, text)
         first_event = self.sink.events.pop()

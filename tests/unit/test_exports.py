@@ -16,12 +16,16 @@ EXPECTED = [
     "CompiledPolicy",
     "Context",
     "DecisionError",
+    "Effect",
     "JsonLinesSink",
     "MemorySink",
+    "Npc",
     "Outcome",
     "Policy",
     "PolicyError",
     "PolicyLoadError",
+    "Recording",
+    "Replay",
     "RuntimeFault",
     "ScriptedBackend",
     "Session",
@@ -37,6 +41,7 @@ EXPECTED = [
     "load_agent",
     "load_catalog",
     "load_policy",
+    "replay",
 ]
 
 
