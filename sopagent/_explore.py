@@ -545,8 +545,8 @@ class _Slate:
     """
 
     __slots__ = (
-        "ended", "facts", "history", "id", "policy", "policy_hash", "slots", "started",
-        "state", "turns", "usage",
+        "ended", "facts", "history", "id", "locale", "policy", "policy_hash", "seed", "slots",
+        "started", "state", "turns", "usage",
     )  # fmt: skip
 
     def __init__(self, compiled: CompiledPolicy, node: Node) -> None:
@@ -561,6 +561,8 @@ class _Slate:
         self.facts: dict[str, Any] = {}
         self.history: list[Any] = []
         self.usage = SessionUsage()
+        self.locale: str | None = None
+        self.seed = 0  # every `vary` line is explored as a choice, whatever the seed
 
 
 class _Adversary(Recorder):
