@@ -496,11 +496,14 @@ class Recorder(Agent):
         vary: tuple[str, ...] = (),
     ) -> None:
         self.sync(work)
-        # The session's seed picks one `vary` line: every seed is possible, so each line is
-        # explored as a choice, in its place between `say` and `choose`.
-        super()._say(work, say, vary)
-        if choose:
-            super()._say(work, (), choose)
+        if self.concrete:
+            super()._say(work, say, choose, vary)
+        else:
+            # The session's seed picks one `vary` line: every seed is possible, so each line
+            # is explored as a choice, in its place between `say` and `choose`.
+            super()._say(work, say, vary)
+            if choose:
+                super()._say(work, (), choose)
         self.sync(work)
 
     @override
