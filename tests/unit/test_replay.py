@@ -123,7 +123,7 @@ def test_facts_the_host_passed_can_be_given(tmp_path: Path) -> None:
     agent = Agent(compiled, ScriptedBackend(), audit=sink)
     session = agent.new_session(facts={"gold": 80})
     agent.start(session)
-    agent.respond(session, "I'll give you 60 gold", intent="gold_offer")
+    agent.respond(session, "I'll give you 60 gold", intent="buy_key")
     sink.close()
     logged = events(tmp_path / "audit.jsonl")
     assert replay(compiled, logged)[0].status == "changed"  # no gold: an empty purse
