@@ -12,7 +12,9 @@ either as a string or as an `Outcome` carrying slot and fact updates::
         return Outcome("approve", facts={"refund_amount": ctx.facts["order_total"]})
 
 A policy names the modules it takes decision functions from; only functions marked with
-`@decision` in those modules can be referenced.
+`@decision` in those modules can be referenced. ``sets`` declares, per outcome, the slots and
+facts the function always gives a value when it returns that outcome; the run time holds it to
+that, and `sopagent check` relies on it to prove that a response's placeholders are filled.
 """
 
 from __future__ import annotations
@@ -98,33 +100,51 @@ class DecisionFunction(Protocol):
     """A function marked with `@decision`."""
 
     __sopagent_outcomes__: tuple[str, ...]
+    __sopagent_sets__: Mapping[str, tuple[str, ...]]
     __name__: str
 
     def __call__(self, ctx: Context, /) -> Outcome | str: ...
 
 
 _MARK = "__sopagent_outcomes__"
+_SETS = "__sopagent_sets__"
 
 
 def decision(
-    *, outcomes: list[str] | tuple[str, ...]
+    *,
+    outcomes: list[str] | tuple[str, ...],
+    sets: Mapping[str, list[str] | tuple[str, ...]] | None = None,
 ) -> Callable[[Callable[[Context], Outcome | str]], DecisionFunction]:
     """Mark a function as a decision function with the outcomes it may return.
 
     Args:
         outcomes: every outcome the function may return; a policy must route each.
+        sets: outcome -> slots and facts that always have a value after the function returns
+            that outcome. Returning the outcome with one of them empty is a `DecisionError`.
 
     Returns:
         A decorator that records the outcomes on the function and returns it unchanged.
+
+    Raises:
+        ValueError: no outcomes, duplicates, or ``sets`` names an outcome not declared.
+        TypeError: a ``sets`` entry is one string instead of a list of names.
     """
     declared = tuple(outcomes)
     if not declared:
         raise ValueError("a decision function declares at least one outcome")
     if len(set(declared)) != len(declared):
         raise ValueError(f"duplicate outcomes in {declared}")
+    promised: dict[str, tuple[str, ...]] = {}
+    for outcome, names in (sets or {}).items():
+        if outcome not in declared:
+            raise ValueError(f"sets names {outcome!r}, which is not one of the outcomes")
+        if isinstance(names, str):
+            raise TypeError(f"sets[{outcome!r}] is a list of names, not one string")
+        promised[outcome] = tuple(dict.fromkeys(names))
 
     def mark(function: Callable[[Context], Outcome | str]) -> DecisionFunction:
         setattr(function, _MARK, declared)
+        setattr(function, _SETS, MappingProxyType(promised))
         return function  # type: ignore[return-value]
 
     return mark

@@ -14,7 +14,13 @@ KEY_PRICE = 50
 """The least gold Bramble takes for the silver key."""
 
 
-@decision(outcomes=["key_for_sale", "player_has_key"])
+_SHOP_FACTS = ["gold", "has_moonstone", "has_silver_key", "key_price", "trade"]
+
+
+@decision(
+    outcomes=["key_for_sale", "player_has_key"],
+    sets={"key_for_sale": _SHOP_FACTS, "player_has_key": _SHOP_FACTS},
+)
 def open_shop(ctx: Context) -> Outcome:
     """Open the shop: fill in what the game left out and state the price of the key."""
     facts = {
