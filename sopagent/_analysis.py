@@ -25,7 +25,6 @@ from sopagent._decision_code import (
     ALLOWED_IMPORTS,
     CONSOLE_OR_FILE_CALLS,
     DYNAMIC_CALLS,
-    allowed,
     scan_module,
     shown_path,
 )
@@ -199,14 +198,15 @@ def _code_problems(policy: Policy) -> list[Problem]:
             continue  # SOP028 says why it cannot be imported
         shown = str(path)
         for use in scan.imports:
-            if use.name.startswith(".") or not allowed(use.name, permitted):
+            refused = use.refused(permitted)
+            if refused is not None:
                 problems.append(
                     Problem(
                         "SOP055",
-                        f"decision module imports {use.name!r}, which policy"
+                        f"decision module imports {refused!r}, which policy"
                         f" {policy.name!r} does not allow",
                         Location(shown, use.line, use.column),
-                        f"add {use.name.lstrip('.')!r} to allow_imports of policy"
+                        f"add {refused.lstrip('.')!r} to allow_imports of policy"
                         f" {policy.name!r} once a reviewer agrees, or remove the import",
                         severity=RULES["SOP055"].severity,
                     )
@@ -220,7 +220,7 @@ def _code_problems(policy: Policy) -> list[Problem]:
                     code,
                     f"decision module calls {use.name}(), which {what}",
                     Location(shown, use.line, use.column),
-                    RULES[code].hint,
+                    RULES[code].fix,
                     severity=RULES[code].severity,
                 )
             )
@@ -285,7 +285,7 @@ def _unused(checked: Sequence[_Checked]) -> list[Problem]:
                         rule.code,
                         f"response {response!r} is not used by {who}",
                         catalog.locate_key("responses", response),
-                        rule.hint,
+                        rule.fix,
                         severity=rule.severity,
                     )
                 )

@@ -109,8 +109,7 @@ def read_lock(catalog: Catalog) -> ApprovalLock | None:
             [
                 Problem(
                     "SOP010",
-                    f"this lock file approves catalog {lock.catalog!r}, not"
-                    f" {catalog.catalog!r}",
+                    f"this lock file approves catalog {lock.catalog!r}, not {catalog.catalog!r}",
                     lock.locate("catalog"),
                     hint="each catalog file has its own lock file beside it",
                 )
@@ -182,8 +181,7 @@ def approval_problems(
             problems.append(
                 Problem(
                     rule.code,
-                    f"the lock file approves response {item.id!r}, which the catalog no"
-                    " longer has",
+                    f"the lock file approves response {item.id!r}, which the catalog no longer has",
                     lock.locate_key("approvals", item.id),
                     "run sopagent approve on the whole catalog to rewrite the lock file",
                     severity=rule.severity,

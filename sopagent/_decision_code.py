@@ -101,11 +101,29 @@ class FunctionSummary:
 
 @dataclass(frozen=True, slots=True)
 class Use:
-    """An import or a call found in a module's source."""
+    """An import or a call found in a module's source.
+
+    Attributes:
+        name: the module imported (absolute when it can be resolved) or the function called.
+        members: for ``from X import a, b``, the names imported from ``X``.
+    """
 
     name: str
     line: int
     column: int
+    members: tuple[str, ...] = ()
+
+    def refused(self, permitted: frozenset[str] | set[str]) -> str | None:
+        """The first module this import reaches outside ``permitted``, or ``None``."""
+        if self.name.startswith("."):
+            return self.name
+        if allowed(self.name, permitted):
+            return None
+        # `from pkg import mod` may name allowed submodules of a package not itself listed.
+        inside = [f"{self.name}.{m}" for m in self.members if m != "*"]
+        if inside and len(inside) == len(self.members):
+            return next((m for m in inside if not allowed(m, permitted)), None)
+        return self.name
 
 
 @dataclass(frozen=True)
@@ -193,7 +211,9 @@ def _scan(
         if isinstance(node, ast.Import):
             imports += [Use(a.name, node.lineno, node.col_offset + 1) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
-            imports.append(Use(_absolute(node, package), node.lineno, node.col_offset + 1))
+            members = tuple(a.name for a in node.names)
+            where = _absolute(node, package)
+            imports.append(Use(where, node.lineno, node.col_offset + 1, members))
         elif (
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Name)
@@ -202,8 +222,13 @@ def _scan(
         ):
             calls.append(Use(node.func.id, node.lineno, node.col_offset + 1))
     functions = {node.name: node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
-    order = sorted(imports, key=lambda u: (u.line, u.column))
-    return ModuleScan(path, tree, tuple(order), tuple(calls), functions, package)
+
+    def position(use: Use) -> tuple[int, int]:
+        return use.line, use.column
+
+    imports.sort(key=position)
+    calls.sort(key=position)
+    return ModuleScan(path, tree, tuple(imports), tuple(calls), functions, package)
 
 
 def scan_module(path: Path, package: str | None = None) -> ModuleScan | None:

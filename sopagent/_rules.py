@@ -39,6 +39,11 @@ class Rule:
     hint: str
     compile: bool = False
 
+    @property
+    def fix(self) -> str:
+        """The hint as a finding carries it: ``remove it``, not ``Remove it.``."""
+        return self.hint[:1].lower() + self.hint[1:].removesuffix(".")
+
 
 CATEGORIES: dict[str, str] = {
     "load": "Reading files: the YAML itself and the shape of the formats. A policy whose files"
@@ -66,7 +71,7 @@ _RULES = (
         "The file cannot be read or parsed",
         "The file does not exist or cannot be read, is not UTF-8, is not valid YAML (JSON for"
         " approval lock files), holds more than one document or is larger than 8 MiB.",
-        "Fix the syntax at the reported line and column.",
+        "Correct the file at the reported line and column.",
     ),
     Rule(
         "SOP002",
@@ -582,9 +587,7 @@ def rules_listing(output_format: str) -> str:
         return json.dumps(items, indent=2) + "\n"
     if output_format == "text":
         width = max(len(r.name) for r in _RULES)
-        return "".join(
-            f"{r.code}  {r.severity:<7}  {r.name:<{width}}  {r.title}\n" for r in _RULES
-        )
+        return "".join(f"{r.code}  {r.severity:<7}  {r.name:<{width}}  {r.title}\n" for r in _RULES)
     raise ValueError(f"rules are listed as text, json or markdown, not {output_format}")
 
 
@@ -630,6 +633,6 @@ def rules_markdown() -> str:
                 "",
                 item.description,
                 "",
-                f"Fix: {item.hint}",
+                f"**How to fix:** {item.hint}",
             ]
     return "\n".join(lines) + "\n\n" + _VALUES

@@ -56,9 +56,7 @@ def check_refund(ctx: Context) -> Outcome | str:
     return Outcome("eligible", facts={"refund_amount": total})
 
 
-@decision(
-    outcomes=["verified", "wrong_code", "locked"], sets={"verified": ["refund_amount"]}
-)
+@decision(outcomes=["verified", "wrong_code", "locked"], sets={"verified": ["refund_amount"]})
 def verify_identity(ctx: Context) -> Outcome:
     """Compare the code with the one emailed; three misses lock the refund."""
     order = _order(ctx)
