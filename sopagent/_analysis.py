@@ -37,6 +37,7 @@ from sopagent.policy import Catalog, Policy
 __all__ = [
     "CheckReport",
     "PolicyReport",
+    "check_loaded",
     "check_paths",
     "codes_matching",
     "render",
@@ -237,6 +238,28 @@ class _Checked:
     used: set[str] = field(default_factory=set)
 
 
+@collection_paused()
+def check_loaded(policy: Policy, catalog: Catalog) -> list[Problem]:
+    """Every rule but SOP045 (which looks at all policies sharing the catalog) on one policy.
+
+    Raises:
+        PolicyLoadError: the catalog's approval lock file cannot be read; it carries the
+            other findings too.
+    """
+    functions, problems = resolve_decisions(policy)
+    problems += check_policy(policy, catalog, functions)
+    sound = not any(p.severity == "error" for p in problems)
+    problems += _code_problems(policy)
+    if sound:
+        problems += analyze(policy, catalog, functions, references(policy))
+    try:
+        lock = read_lock(catalog)
+    except PolicyLoadError as exc:
+        raise PolicyLoadError([*problems, *exc.problems]) from exc
+    problems += approval_problems(catalog, lock, required=policy.require_approved)
+    return problems
+
+
 def _check_one(path: Path) -> _Checked:
     try:
         policy = load_policy(path)
@@ -247,21 +270,10 @@ def _check_one(path: Path) -> _Checked:
     report = PolicyReport(shown_path(path), policy.name, shown_path(catalog_path))
     try:
         catalog = load_catalog(catalog_path)
+        problems = check_loaded(policy, catalog)
     except PolicyLoadError as exc:
         return _Checked(report, list(exc.problems))
-    functions, problems = resolve_decisions(policy)
-    problems += check_policy(policy, catalog, functions)
-    sound = not any(p.severity == "error" for p in problems)
-    problems += _code_problems(policy)
-    if sound:
-        problems += analyze(policy, catalog, functions)
-    try:
-        lock = read_lock(catalog)
-    except PolicyLoadError as exc:
-        return _Checked(report, problems + list(exc.problems))
-    problems += approval_problems(catalog, lock, required=policy.require_approved)
-    loaded = replace(report, loaded=True)
-    return _Checked(loaded, problems, catalog, references(policy))
+    return _Checked(replace(report, loaded=True), problems, catalog, references(policy))
 
 
 def _unused(checked: Sequence[_Checked]) -> list[Problem]:

@@ -17,7 +17,6 @@ from typing import Any, Literal
 
 from transitions import Machine
 
-from sopagent._approval import unapproved
 from sopagent._check import check_policy, resolve_decisions
 from sopagent._load import collection_paused, load_catalog
 from sopagent._slots import SlotType, compile_slot
@@ -190,6 +189,8 @@ def compile_policy(
     functions, problems = resolve_decisions(policy)
     problems += check_policy(policy, catalog, functions)
     if require_approved or policy.require_approved:
+        from sopagent._approval import unapproved  # noqa: PLC0415 (only when approval is required)
+
         problems += unapproved(catalog)
     if any(p.severity == "error" for p in problems):
         raise PolicyError(problems)

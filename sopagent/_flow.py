@@ -403,8 +403,9 @@ class _Graph:
 class _Analysis:
     """Runs the rules over a graph whose passes are done, collecting problems."""
 
-    def __init__(self, graph: _Graph) -> None:
+    def __init__(self, graph: _Graph, referenced: set[str]) -> None:
         self.graph = graph
+        self.referenced = referenced
         self.policy = graph.policy
         self.catalog = graph.catalog
         self.problems: list[Problem] = []
@@ -966,7 +967,7 @@ class _Analysis:
         live: set[str] = set(self.policy.global_.error.say)
         for response, *_ in self.points():
             live.add(response)
-        for response in sorted(references(self.policy) - live):
+        for response in sorted(self.referenced - live):
             if response not in self.catalog.responses:
                 continue
             self.problems.append(
@@ -1041,7 +1042,10 @@ def _components(nodes: list[str], follow: Mapping[str, list[str]]) -> list[list[
 
 
 def analyze(
-    policy: Policy, catalog: Catalog, functions: Mapping[str, DecisionFunction]
+    policy: Policy,
+    catalog: Catalog,
+    functions: Mapping[str, DecisionFunction],
+    referenced: set[str] | None = None,
 ) -> list[Problem]:
     """Run the graph, data and routing rules on a policy without reference errors.
 
@@ -1049,6 +1053,7 @@ def analyze(
         policy: a loaded policy whose `check_policy` found no errors.
         catalog: its catalog.
         functions: its decision functions, from `resolve_decisions`.
+        referenced: `references` of the policy, when already known.
 
     Returns:
         The problems found, unsorted.
@@ -1056,4 +1061,5 @@ def analyze(
     graph = _Graph(policy, catalog, functions)
     graph.forward()
     graph.backward()
-    return _Analysis(graph).run()
+    named = referenced if referenced is not None else references(policy)
+    return _Analysis(graph, named).run()
