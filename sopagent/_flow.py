@@ -737,8 +737,9 @@ class _Analysis:
     def _losing_edge(self, state: str, bit: int) -> tuple[_Edge | None, _Edge | None]:
         """Where a value is lost on some path into ``state``.
 
-        Returns the edge that may clear it (its source had it), or else an edge into
-        ``state`` along a path on which nothing sets it.
+        Returns the edge that may clear it (its source had it), or else an edge along a path
+        into ``state`` on which nothing sets it: the nearest outcome of a decision (where
+        ``sets`` could promise it), or the nearest edge when no decision is on the way.
         """
         graph = self.graph
         if self._into is None:
@@ -748,7 +749,8 @@ class _Analysis:
                     for edge in graph.edges[source]:
                         if edge.target is not None:
                             self._into.setdefault(edge.target, []).append(edge)
-        example: _Edge | None = None
+        nearest: _Edge | None = None
+        decided: _Edge | None = None
         seen = {state}
         pending = deque([state])
         while pending:
@@ -758,11 +760,13 @@ class _Analysis:
                     continue
                 if graph.must[edge.source] & bit:
                     return edge, None
-                example = edge  # the last one found is the nearest to the start
+                nearest = nearest or edge
+                if edge.kind == "outcome":
+                    decided = decided or edge
                 if edge.source not in seen:
                     seen.add(edge.source)
                     pending.append(edge.source)
-        return None, example
+        return None, decided or nearest
 
     def decision_reads(self) -> None:
         graph = self.graph
