@@ -60,15 +60,22 @@ class Effects:
     Attributes:
         sets: values that certainly have a value afterwards.
         writes: values the function may set or clear; ``None`` when it may write anything.
+        empties: values it certainly clears (``None`` on every way it returns the outcome).
     """
 
     sets: frozenset[str] = frozenset()
     writes: frozenset[str] | None = frozenset()
+    empties: frozenset[str] = frozenset()
 
     @property
     def clears(self) -> frozenset[str] | None:
         """Values that may be empty afterwards because of the function; ``None``: any."""
         return None if self.writes is None else self.writes - self.sets
+
+    @property
+    def may_set(self) -> frozenset[str] | None:
+        """Values that may have a value afterwards because of the function; ``None``: any."""
+        return None if self.writes is None else (self.writes - self.empties) | self.sets
 
 
 UNKNOWN = Effects(frozenset(), None)
@@ -355,10 +362,13 @@ def _certain(value: ast.expr) -> bool:
     )
 
 
-def _updates(expr: ast.expr | None, names: _Locals) -> tuple[set[str], set[str]] | None:
-    """(certainly set, may write) of one ``slots=``/``facts=`` argument; ``None``: unknown."""
+def _updates(expr: ast.expr | None, names: _Locals) -> tuple[set[str], set[str], set[str]] | None:
+    """(certainly set, may write, cleared) of one ``slots=``/``facts=`` argument.
+
+    ``None`` when the argument is not a dictionary the source shows.
+    """
     if expr is None or (isinstance(expr, ast.Constant) and expr.value is None):
-        return set(), set()
+        return set(), set(), set()
     if isinstance(expr, ast.Name):
         values = names.resolve(expr.id)
         if values is None or len(values) != 1:
@@ -368,13 +378,16 @@ def _updates(expr: ast.expr | None, names: _Locals) -> tuple[set[str], set[str]]
         return None
     sets: set[str] = set()
     writes: set[str] = set()
+    empties: set[str] = set()
     for key, value in zip(expr.keys, expr.values, strict=True):
         if not (isinstance(key, ast.Constant) and isinstance(key.value, str)):
             return None  # ** unpacking or a computed key
         writes.add(key.value)
         if _certain(value):
             sets.add(key.value)
-    return sets, writes
+        elif isinstance(value, ast.Constant) and value.value is None:
+            empties.add(key.value)
+    return sets, writes, empties
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,15 +437,20 @@ def _shapes(expr: ast.expr, names: _Locals) -> list[_Shape]:
     outcomes = _outcome_names(name, names) if name is not None else None
     sets: set[str] = set()
     writes: set[str] | None = set()
+    empties: set[str] = set()
     for position, keyword in ((1, "slots"), (2, "facts")):
         found = _updates(_argument(expr, position, keyword), names)
         if found is None:
             writes = None
             continue
         sets |= found[0]
+        empties |= found[2]
         if writes is not None:
             writes |= found[1]
-    effects = Effects(frozenset(sets), None if writes is None else frozenset(writes))
+    if writes is None:
+        effects = Effects(frozenset(sets), None)
+    else:
+        effects = Effects(frozenset(sets), frozenset(writes), frozenset(empties))
     return [_Shape(None if outcomes is None else frozenset(outcomes), effects)]
 
 
@@ -518,10 +536,17 @@ def summarize(function: DecisionFunction) -> FunctionSummary:
     summary: dict[str, Effects] = {}
     for outcome in outcomes:
         mine = [s for s in shapes if s.outcomes is None or outcome in s.outcomes]
+        promised = frozenset(declared.get(outcome, ()))
         certain = frozenset.intersection(*(s.effects.sets for s in mine)) if mine else frozenset()
         known = [shape.effects.writes for shape in mine]
-        writes = None if None in known else frozenset().union(*(w for w in known if w))
-        summary[outcome] = Effects(certain | frozenset(declared.get(outcome, ())), writes)
+        if None in known:
+            summary[outcome] = Effects(promised, None)
+            continue
+        writes = frozenset().union(*(w for w in known if w))
+        empties = (
+            frozenset.intersection(*(s.effects.empties for s in mine)) if mine else frozenset()
+        )
+        summary[outcome] = Effects(certain | promised, writes, empties - promised)
     ctx = _context_name(node)
     reads = tuple(_reads(node, ctx, scan, set())) if ctx is not None else ()
     return FunctionSummary(function.__name__, summary, reads, declared)

@@ -50,6 +50,7 @@ class _Edge:
     adds: int = 0
     clears: int = 0
     may: int = 0
+    empties: int = 0
 
     @property
     def silent(self) -> bool:
@@ -173,7 +174,9 @@ class _Graph:
                     adds = self.mask(effects.sets) if effects else 0
                     writes = effects.writes if effects else None
                     clears = self.all if writes is None else self.mask(writes) & ~adds
-                    may = self.all if writes is None else self.mask(writes) | adds
+                    may_set = effects.may_set if effects else None
+                    may = self.all if may_set is None else self.mask(may_set)
+                    empties = self.mask(effects.empties) if effects else 0
                     edges.append(
                         _Edge(
                             name,
@@ -185,6 +188,7 @@ class _Graph:
                             adds,
                             clears,
                             may,
+                            empties,
                         )
                     )
                 self.edges[name] = edges
@@ -300,7 +304,7 @@ class _Graph:
             for edge in self.edges[name]:
                 if edge.target is None:
                     continue
-                out = here | edge.may
+                out = (here & ~edge.empties) | edge.may
                 old = may.get(edge.target, 0)
                 if out | old != old or edge.target not in may:
                     may[edge.target] = old | out
@@ -511,42 +515,68 @@ class _Analysis:
 
     def loops(self) -> None:
         graph = self.graph
-        nodes = [
-            n
-            for n in self.policy.states
-            if n in graph.reachable and (graph.kind[n] == "decide" or n in graph.auto)
-        ]
+        nodes = [n for n in self.policy.states if n in graph.reachable and graph.within_turn(n)]
         members = set(nodes)
-        follow: dict[str, list[str]] = {}
-        for name in nodes:
-            edges = graph.edges[name] if graph.kind[name] == "decide" else graph.within_turn(name)
-            follow[name] = [e.target for e in edges if e.target in members]
+        follow = {n: [e.target for e in graph.within_turn(n) if e.target in members] for n in nodes}
         for component in _components(nodes, follow):
             first = component[0]
             if len(component) == 1 and first not in follow[first]:
                 continue
-            if len(component) == 1:
-                what = f"state {first!r} can route back to itself"
-            else:
-                what = f"{_states_phrase(component)} can route among themselves in a circle"
-            self.add(
-                "SOP042",
-                f"{what} without waiting for the user",
-                self.key("states", first),
-                hint="let a state of the cycle wait for input, or route an outcome out of it",
-            )
-        for name in self.policy.states:
-            filled = self.policy.states[name].filled
-            if name in graph.reachable and filled is not None and filled.to == name:
-                if name in members:
-                    continue  # reported with its component
+            for cycle in self._repeatable(component):
+                head = cycle[0]
+                if len(cycle) == 1:
+                    what = f"state {head!r} can route back to itself"
+                else:
+                    what = f"{_states_phrase(cycle)} can route among themselves in a circle"
                 self.add(
                     "SOP042",
-                    f"'filled' of state {name!r} leads back to {name!r}, which then moves on"
-                    " again at once (its slots are filled)",
-                    self.at(("states", name, "filled")),
-                    hint="route 'filled' to another state",
+                    f"{what} without waiting for the user",
+                    self.key("states", head),
+                    hint="let a state of the cycle wait for input, or route an outcome out of it",
                 )
+
+    def _repeatable(self, component: list[str]) -> list[list[str]]:
+        """The cycles of a turn-internal component that a turn can go round forever.
+
+        A waiting state passes the turn on only when its slots may be filled as the turn
+        comes back round, so the values possibly set on re-entering each state are computed
+        from the cycle alone (a greatest fixed point: starting from every value, keeping what
+        the way round can still carry); states no way round can re-enter drop out.
+        """
+        graph = self.graph
+        alive = set(component)
+        values = dict.fromkeys(component, graph.all)
+        while True:
+            arriving: dict[str, int] = {}
+            for name in alive:
+                for edge in graph.within_turn(name):
+                    if edge.target not in alive:
+                        continue
+                    if edge.kind == "filled":
+                        if graph.guard[name] & ~values[name]:
+                            continue
+                        out = values[name]
+                    else:
+                        out = (values[name] & ~edge.empties) | edge.may
+                    arriving[edge.target] = arriving.get(edge.target, 0) | out
+            if set(arriving) == alive and all(arriving[n] == values[n] for n in alive):
+                break
+            alive = set(arriving)
+            values = {n: arriving[n] & values[n] for n in alive}
+        follow = {
+            n: [
+                e.target
+                for e in graph.within_turn(n)
+                if e.target in alive and (e.kind != "filled" or not graph.guard[n] & ~values[n])
+            ]
+            for n in alive
+        }
+        order = [n for n in component if n in alive]
+        return [
+            cycle
+            for cycle in _components(order, follow)
+            if len(cycle) > 1 or cycle[0] in follow[cycle[0]]
+        ]
 
     def intents(self) -> None:
         graph = self.graph

@@ -56,7 +56,11 @@ def test_outcome_dictionaries_give_sets_and_writes(tmp_path: Path) -> None:
     summary = summarize(function)
     assert summary.effects("found") == Effects(frozenset({"seen"}), frozenset({"total", "seen"}))
     assert summary.effects("found").clears == frozenset({"total"})
-    assert summary.effects("missing") == Effects(frozenset(), frozenset({"order"}))
+    assert summary.effects("missing") == Effects(
+        frozenset(), frozenset({"order"}), frozenset({"order"})
+    )
+    assert summary.effects("missing").may_set == frozenset()
+    assert summary.effects("found").may_set == frozenset({"total", "seen"})
     assert [(r.name, r.kind, r.line) for r in summary.reads] == [
         ("order", "slots", 6),
         ("order", "slots", 7),

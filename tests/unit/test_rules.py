@@ -164,7 +164,40 @@ def test_sop042_filled_leading_back_to_its_state(write_policy: Writer) -> None:
     ask = "  ask:\n    say: welcome\n    collect: [number]\n    filled: ask\n"
     path = write_policy(policy=with_states(ask, ("greet: {say: welcome}", "greet: ask")))
     (problem,) = findings(path, "SOP042")
-    assert problem.location.line == line_of(path.read_text(), "filled: ask")
+    assert "'ask' can route back to itself" in problem.message
+    assert problem.location.line == line_of(path.read_text(), "  ask:")
+
+
+ASK_AGAIN = "  ask:\n    say: ask_number\n    collect: [number]\n    filled: judge\n"
+
+
+def test_sop042_waiting_state_whose_slot_stays_filled(write_policy: Writer) -> None:
+    """A decision sending the turn back to a state whose slot is still filled loops."""
+    path = write_policy(
+        policy=with_states(
+            ASK_AGAIN,
+            ("greet: {say: welcome}", "greet: ask"),
+            ("small: {to: done, say: small}", "small: {to: ask, say: small}"),
+        )
+    )
+    (problem,) = findings(path, "SOP042")
+    assert "'ask'" in problem.message
+    assert "'judge'" in problem.message
+
+
+def test_sop042_passes_when_the_decision_clears_the_slot(write_policy: Writer) -> None:
+    """The same cycle is no loop once the decision clears the slot: the state waits again."""
+    path = write_policy(
+        policy=with_states(
+            ASK_AGAIN,
+            ("greet: {say: welcome}", "greet: ask"),
+            ("small: {to: done, say: small}", "small: {to: ask, say: bye}"),
+        ),
+        decisions=MINI_DECISIONS.replace(
+            'return "small"', 'return Outcome("small", slots={"number": None})'
+        ),
+    )
+    assert findings(path, "SOP042") == []
 
 
 def test_sop042_passes_for_the_mini_decision(write_policy: Writer) -> None:
