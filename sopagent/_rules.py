@@ -304,10 +304,12 @@ _RULES = (
         "warning",
         "graph",
         "Deciding states that can route in a circle without waiting for the user",
-        "A cycle of deciding states (and waiting states that always move on at once because"
-        " their slots are filled on every path into them, and `filled` routes back to their"
-        " own state). For some outcomes of the functions the turn goes round until the run"
-        " time stops it after 64 states and answers with the error route.",
+        "A cycle a turn can go round without stopping: deciding states, and waiting states"
+        " whose slots may still be filled when the turn comes back to them (so `filled`"
+        " passes it on at once). Values are followed round the cycle itself: a cycle whose"
+        " decisions always clear the slot the waiting state needs is not reported. For some"
+        " outcomes of the functions the turn goes round until the run time stops it after 64"
+        " states and answers with the error route.",
         "Let one state of the cycle wait for the user, or route an outcome out of it.",
     ),
     Rule(
@@ -555,8 +557,9 @@ that reaches the point:
 Lines are rendered at the end of the turn, so a line said on a route needs its values when
 the turn stops, after the deciding states that follow it. A value is **possibly set** where
 some path may have set it: slots in states that collect or require them, values a decision
-function may set, and every fact (the host may pass it). SOP048 reports slots that are not
-even possibly set.
+function may set, and every fact (the host may pass it); a value stops being possibly set
+where a decision function clears it with `None` on every way it returns the outcome. SOP048
+reports slots that are not even possibly set; SOP042 follows possibly set values round cycles.
 """
 
 
