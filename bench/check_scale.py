@@ -18,8 +18,9 @@ wall-clock against ``python -c "import sopagent"`` in the same run.
 
 Growth is reported as the ratio of one size's median to the previous size's: with ten times the
 states, a linear cost is ten times larger. ``--baseline-rev REV`` also times the command of an
-earlier git revision of this repository (extracted with ``git archive``), interleaved with the
-current one, to show a change's effect on the same machine in the same run.
+earlier git revision of this repository (its package extracted with ``git archive`` and put
+first on ``PYTHONPATH``), interleaved with the current one, to show a change's effect on the
+same machine in the same run.
 
     python bench/check_scale.py [--sizes 10 100 1000 10000] [--reps 5] [--quick] [--json FILE]
 """
@@ -93,28 +94,29 @@ print(json.dumps(out))
 """
 
 
-def _child(mode: str, policy: Path, pythonpath: str | None = None) -> dict[str, Any]:
-    env = dict(os.environ)
-    if pythonpath:
-        env["PYTHONPATH"] = pythonpath
+def _child(mode: str, policy: Path) -> dict[str, Any]:
     result = subprocess.run(
         [sys.executable, "-c", _CHILD, mode, str(policy)],
         capture_output=True,
         text=True,
         check=True,
-        env=env,
-        cwd=ROOT,
+        cwd=policy.parent,
     )
     figures: dict[str, Any] = json.loads(result.stdout)
     return figures
 
 
-def _wall(args: list[str], pythonpath: str | None = None) -> float:
+def _wall(args: list[str], cwd: Path, pythonpath: str | None = None) -> float:
+    """Wall time of a command run in ``cwd``.
+
+    ``cwd`` must not hold a ``sopagent`` directory: ``python -m`` and ``-c`` put the working
+    directory first on the import path, before ``PYTHONPATH``.
+    """
     env = dict(os.environ)
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
     started = time.perf_counter()
-    subprocess.run(args, capture_output=True, check=False, env=env, cwd=ROOT)
+    subprocess.run(args, capture_output=True, check=False, env=env, cwd=cwd)
     return time.perf_counter() - started
 
 
@@ -137,6 +139,7 @@ def _extract(revision: str, into: Path) -> Path:
 def measure(sizes: list[int], intents: int, reps: int, baseline_rev: str | None) -> dict[str, Any]:
     from generate_policy import generate  # noqa: PLC0415 (beside this script)
 
+    before = os.getloadavg()
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="sopagent-check-scale-") as tmp:
         old_path = str(_extract(baseline_rev, Path(tmp) / "rev")) if baseline_rev else None
@@ -149,11 +152,12 @@ def measure(sizes: list[int], intents: int, reps: int, baseline_rev: str | None)
             cli: list[float] = []
             imports: list[float] = []
             old: list[float] = []
+            here = policy.parent
             for _ in range(reps):
-                imports.append(_wall(startup))
-                cli.append(_wall(command))
+                imports.append(_wall(startup, here))
+                cli.append(_wall(command, here))
                 if old_path is not None:
-                    old.append(_wall(command, old_path))
+                    old.append(_wall(command, here, old_path))
             figure: dict[str, Any] = {
                 "states": size,
                 "intents": intents,
@@ -180,7 +184,8 @@ def measure(sizes: list[int], intents: int, reps: int, baseline_rev: str | None)
         "benchmark": "check_scale",
         "python": sys.version.split()[0],
         "cpus": os.cpu_count(),
-        "load_average": os.getloadavg(),
+        "load_average_before": before,
+        "load_average_after": os.getloadavg(),
         "baseline_rev": baseline_rev,
         "results": results,
     }
@@ -192,7 +197,11 @@ def _ms(value: float) -> str:
 
 def table(result: dict[str, Any]) -> str:
     rows = result["results"]
+    load = ", ".join(f"{a:.1f}" for a in result["load_average_before"])
     lines = [
+        f"{result['cpus']} CPUs, load average {load} when it started; medians of"
+        f" {rows[0]['reps']} fresh processes each.",
+        "",
         "| states | parse (baseline) ms | load ms | check ms | load+check ms | x parse |"
         " compile ms | peak MiB load+check | peak MiB compile | `sopagent check` ms |"
         " `import sopagent` ms |",

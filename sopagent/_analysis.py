@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from sopagent import __version__
-from sopagent._approval import approval_problems, read_lock
 from sopagent._check import check_policy, resolve_decisions
 from sopagent._decision_code import (
     ALLOWED_IMPORTS,
@@ -252,12 +251,21 @@ def check_loaded(policy: Policy, catalog: Catalog) -> list[Problem]:
     problems += _code_problems(policy)
     if sound:
         problems += analyze(policy, catalog, functions, references(policy))
-    try:
-        lock = read_lock(catalog)
-    except PolicyLoadError as exc:
-        raise PolicyLoadError([*problems, *exc.problems]) from exc
-    problems += approval_problems(catalog, lock, required=policy.require_approved)
+    source = catalog.source
+    if policy.require_approved or (source is not None and _lock_file(source).exists()):
+        from sopagent._approval import approval_problems, read_lock  # noqa: PLC0415
+
+        try:
+            lock = read_lock(catalog)
+        except PolicyLoadError as exc:
+            raise PolicyLoadError([*problems, *exc.problems]) from exc
+        problems += approval_problems(catalog, lock, required=policy.require_approved)
     return problems
+
+
+def _lock_file(catalog: Path) -> Path:
+    """`sopagent._approval.lock_path`, without importing the lock file's models."""
+    return catalog.with_name(catalog.stem + ".approvals.json")
 
 
 def _check_one(path: Path) -> _Checked:

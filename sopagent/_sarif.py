@@ -20,7 +20,9 @@ from sopagent._rules import RULES, Rule
 
 __all__ = ["SARIF_SCHEMA", "sarif_log"]
 
-SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
+SARIF_SCHEMA = (
+    "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
+)
 SARIF_VERSION = "2.1.0"
 _ROOT = "%SRCROOT%"
 

@@ -202,3 +202,13 @@ def test_inline_approved_key_is_checked_on_its_own(write_policy: Writer) -> None
     approve(load_catalog(catalog_of(policy)), by="Dana", now=WHEN)
     codes = [p.code for p in check_paths([policy]).findings]
     assert codes == ["SOP032"]
+
+
+def test_check_finds_the_lock_file_where_approve_writes_it(tmp_path: Path) -> None:
+    """check looks for the lock file without importing the approval models, at the same path."""
+    from sopagent._analysis import _lock_file  # noqa: PLC0415 (a private helper under test)
+
+    catalog = tmp_path / "catalogs" / "support_en.yaml"
+    assert (
+        _lock_file(catalog) == lock_path(catalog) == catalog.with_name("support_en.approvals.json")
+    )
