@@ -2,8 +2,9 @@
 
 Policies come from ``bench/generate_policy.py`` (20 intents by default). Every repetition runs
 in a fresh interpreter, so no cache (imported decision modules, parsed syntax trees, warmed
-allocator) carries over between repetitions; figures are medians. A child process measures, in
-this order:
+allocator) carries over between repetitions; figures are medians, and the repetitions go in
+rounds over every size and kind of measurement, so that a change in the machine's load is
+shared by all figures. A child process measures, in this order:
 
 * **parse (baseline)**: ``yaml.load`` with libyaml's safe loader of the policy and catalog
   text: the least any YAML tool pays to read the same files;
@@ -149,22 +150,28 @@ def measure(sizes: list[int], intents: int, reps: int, baseline_rev: str | None)
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="sopagent-check-scale-") as tmp:
         old_path = str(_extract(baseline_rev, Path(tmp) / "rev")) if baseline_rev else None
-        for size in sizes:
-            policy = generate(Path(tmp) / f"p{size}", states=size, intents=intents)
-            runs = [_child("time", policy) for _ in range(reps)]
-            collector = [_child("collector", policy)["load_s"] for _ in range(reps)]
-            memory = _child("memory", policy)
-            command = [sys.executable, "-m", "sopagent", "check", str(policy)]
-            startup = [sys.executable, "-c", "import sopagent"]
-            cli: list[float] = []
-            imports: list[float] = []
-            old: list[float] = []
-            here = policy.parent
-            for _ in range(reps):
-                imports.append(_wall(startup, here))
-                cli.append(_wall(command, here))
+        policies = {s: generate(Path(tmp) / f"p{s}", states=s, intents=intents) for s in sizes}
+        memory = {s: _child("memory", policies[s]) for s in sizes}
+        samples: dict[int, dict[str, list[Any]]] = {
+            s: {"runs": [], "collector": [], "import": [], "cli": [], "old": []} for s in sizes
+        }
+        # Rounds over every size and kind, so that a change in the machine's load hits all
+        # figures alike instead of one size.
+        for round_number in range(reps):
+            for size in sizes:
+                policy, got = policies[size], samples[size]
+                here = policy.parent
+                command = [sys.executable, "-m", "sopagent", "check", str(policy)]
+                got["runs"].append(_child("time", policy))
+                got["collector"].append(_child("collector", policy)["load_s"])
+                got["import"].append(_wall([sys.executable, "-c", "import sopagent"], here))
+                got["cli"].append(_wall(command, here))
                 if old_path is not None:
-                    old.append(_wall(command, here, old_path))
+                    got["old"].append(_wall(command, here, old_path))
+            print(f"round {round_number + 1} of {reps}", file=sys.stderr)
+        for size in sizes:
+            policy, got = policies[size], samples[size]
+            runs = got["runs"]
             figure: dict[str, Any] = {
                 "states": size,
                 "intents": intents,
@@ -176,15 +183,14 @@ def measure(sizes: list[int], intents: int, reps: int, baseline_rev: str | None)
             for key in ("parse_s", "load_s", "check_s", "compile_s"):
                 figure[key] = median([r[key] for r in runs])
             figure["load_check_s"] = median([r["load_s"] + r["check_s"] for r in runs])
-            figure["load_collector_on_s"] = median(collector)
-            figure["peak_check_mib"] = memory["peak_check_bytes"] / 2**20
-            figure["peak_compile_mib"] = memory["peak_compile_bytes"] / 2**20
-            figure["cli_s"] = median(cli)
-            figure["import_s"] = median(imports)
-            if old:
-                figure["cli_baseline_rev_s"] = median(old)
+            figure["load_collector_on_s"] = median(got["collector"])
+            figure["peak_check_mib"] = memory[size]["peak_check_bytes"] / 2**20
+            figure["peak_compile_mib"] = memory[size]["peak_compile_bytes"] / 2**20
+            figure["cli_s"] = median(got["cli"])
+            figure["import_s"] = median(got["import"])
+            if got["old"]:
+                figure["cli_baseline_rev_s"] = median(got["old"])
             results.append(figure)
-            print(f"measured {size} states", file=sys.stderr)
     for previous, current in itertools.pairwise(results):
         for key in ("load_check_s", "check_s", "compile_s", "peak_check_mib"):
             current[f"growth_{key}"] = current[key] / previous[key] if previous[key] else None
