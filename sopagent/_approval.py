@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import difflib
 import json
 import os
 import tempfile
@@ -276,7 +277,9 @@ def approve(
         raise ValueError("the reviewer's name must be 1 to 200 printable characters")
     unknown = [e for e in entries or () if e not in catalog.responses]
     if unknown:
-        raise ValueError(f"not in catalog {catalog.catalog!r}: {', '.join(unknown)}")
+        close = difflib.get_close_matches(unknown[0], list(catalog.responses), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"{unknown[0]!r} is not a response of catalog {catalog.catalog!r}{hint}")
     lock = read_lock(catalog)
     current = dict(lock.approvals) if lock is not None else {}
     when = _when(now or dt.datetime.now(dt.UTC))

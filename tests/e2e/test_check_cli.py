@@ -153,6 +153,23 @@ def test_load_failure_exits_2_and_still_reports_the_other_policies(tmp_path: Pat
     assert document["summary"]["exit_code"] == 2
 
 
+def test_sarif_of_a_file_that_cannot_be_parsed(tmp_path: Path) -> None:
+    """A load error is a SARIF result too, and the invocation is marked unsuccessful."""
+    (tmp_path / "broken.yaml").write_text("sopagent: 1\nname: [unclosed\n", encoding="utf-8")
+    result = sopagent("check", "broken.yaml", "--format", "sarif", cwd=tmp_path)
+    assert result.returncode == 2
+    log = json.loads(result.stdout)
+    schema = json.loads(SARIF_SCHEMA.read_text(encoding="utf-8"))
+    assert list(jsonschema.Draft4Validator(schema).iter_errors(log)) == []
+    (run,) = log["runs"]
+    assert run["invocations"] == [{"executionSuccessful": False, "exitCode": 2}]
+    (item,) = run["results"]
+    assert item["ruleId"] == "SOP001"
+    location = item["locations"][0]["physicalLocation"]
+    assert location["artifactLocation"]["uri"] == "broken.yaml"
+    assert location["region"]["startLine"] == 3
+
+
 def test_select_and_ignore(tmp_path: Path) -> None:
     """--select keeps only the named codes or prefixes, --ignore drops them."""
     flawed(tmp_path)
