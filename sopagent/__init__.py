@@ -95,6 +95,7 @@ def load_agent(
     *,
     backend: Backend | None = None,
     audit: AuditSink | None = None,
+    require_approved: bool = False,
 ) -> Agent:
     """Load, check and compile a policy file and bind it to a backend.
 
@@ -102,9 +103,11 @@ def load_agent(
         path: the policy YAML file; its catalog and decision modules are found from it.
         backend: the model backend; by default the embedded offline model.
         audit: where audit events go; by default structlog's configured pipeline.
+        require_approved: refuse a catalog with responses not approved in its lock file.
 
     Raises:
-        PolicyError: the policy, its catalog or its decision modules have errors.
+        PolicyError: the policy, its catalog or its decision modules have errors, or approval
+            is required and some response is not approved.
     """
-    compiled = compile_policy(load_policy(path))
+    compiled = compile_policy(load_policy(path), require_approved=require_approved)
     return Agent(compiled, backend if backend is not None else embedded(), audit=audit)

@@ -851,6 +851,14 @@ class Agent:
                     raise DecisionError(
                         f"{name} set {kind} {key!r} to an invalid value: {exc}", function=name
                     ) from exc
+        promised = getattr(function, "__sopagent_sets__", {}).get(result.name, ())
+        empty = [key for key in promised if key not in work.slots and key not in work.facts]
+        if empty:
+            raise DecisionError(
+                f"{name} returned {result.name!r} without a value for {', '.join(empty)},"
+                " which it declares it sets",
+                function=name,
+            )
         if result.effects:
             allowed = declared_effects(function).get(result.name, ())
             for effect in result.effects:

@@ -74,8 +74,9 @@ class _Checker:
         self.problems.append(Problem(code, message, self.policy.locate(*path), hint))
 
     def warn(self, code: str, message: str, *path: str | int, hint: str = "") -> None:
+        """A warning about the thing declared at ``path``, located at its key."""
         self.problems.append(
-            Problem(code, message, self.policy.locate(*path), hint, severity="warning")
+            Problem(code, message, self.policy.locate_key(*path), hint, severity="warning")
         )
 
     def run(self) -> list[Problem]:
@@ -111,7 +112,13 @@ class _Checker:
         for name in policy.states:
             self.state(name, used_intents)
         for intent in sorted(set(policy.intents) - used_intents):
-            self.warn("SOP031", f"intent {intent!r} is accepted in no state", "intents", intent)
+            self.warn(
+                "SOP031",
+                f"intent {intent!r} is accepted in no state",
+                "intents",
+                intent,
+                hint="route the intent somewhere, or remove it",
+            )
         self.reachability()
         self.catalog_hashes()
         self.problems += check_effects(policy, self.functions)
@@ -246,20 +253,21 @@ class _Checker:
         seen = {policy.initial}
         stack = [policy.initial]
         global_targets = [r.to for r in policy.global_.on.values() if r.to]
-        if policy.global_.fallback.to:
-            global_targets.append(policy.global_.fallback.to)
-        if policy.global_.confidence is not None and policy.global_.confidence.below.to:
-            global_targets.append(policy.global_.confidence.below.to)
         while stack:
             state = policy.states.get(stack.pop())
             if state is None:
                 continue
             routes = [*state.on.values(), *state.outcomes.values()]
-            routes += [r for r in (state.filled, state.fallback) if r is not None]
-            if state.confidence is not None:
-                routes.append(state.confidence.below)
+            waits = not state.terminal and state.decide is None
+            if waits:
+                # The fallback and the confidence rule apply even where `globals: false`.
+                confidence = state.confidence or policy.global_.confidence
+                routes.append(state.fallback or policy.global_.fallback)
+                routes += [r for r in (state.filled,) if r is not None]
+                if confidence is not None:
+                    routes.append(confidence.below)
             targets = [r.to for r in routes if r.to]
-            if state.globals and not state.terminal and state.decide is None:
+            if state.globals and waits:
                 targets += global_targets
             for target in targets:
                 if target not in seen and target in policy.states:
@@ -267,7 +275,13 @@ class _Checker:
                     stack.append(target)
         for name in policy.states:
             if name not in seen:
-                self.warn("SOP030", f"state {name!r} is unreachable", "states", name)
+                self.warn(
+                    "SOP030",
+                    f"state {name!r} is unreachable",
+                    "states",
+                    name,
+                    hint="route to the state, or remove it",
+                )
 
     def catalog_hashes(self) -> None:
         for name, entry in self.catalog.responses.items():

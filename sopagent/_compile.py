@@ -20,7 +20,7 @@ from transitions import Machine
 
 from sopagent._check import check_policy, resolve_decisions
 from sopagent._effects import CompiledEffect, EffectTypes, compile_effect, effect_map, effect_types
-from sopagent._load import load_catalog
+from sopagent._load import collection_paused, load_catalog
 from sopagent._locales import LocaleTable, check_translations, compile_locale, load_translations
 from sopagent._slots import SlotType, compile_slot
 from sopagent.backends import Label
@@ -195,18 +195,24 @@ def _policy_hash(
     return "sha256:" + digest.hexdigest()[:16]
 
 
-def compile_policy(policy: Policy, catalog: Catalog | None = None) -> CompiledPolicy:
+@collection_paused()
+def compile_policy(
+    policy: Policy, catalog: Catalog | None = None, *, require_approved: bool = False
+) -> CompiledPolicy:
     """Check ``policy`` and compile it into a runnable machine.
 
     Args:
         policy: a policy from `load_policy`.
         catalog: its catalog; by default the file named by ``policy.catalog``.
+        require_approved: refuse a catalog with any response that is not approved, as it is
+            now, in the catalog's lock file (also when the policy sets ``require_approved``).
 
     Returns:
         The compiled policy. Warnings found by the check are kept in ``warnings``.
 
     Raises:
-        PolicyError: the policy has errors; every one is reported with its location.
+        PolicyError: the policy has errors, or approval is required and some response is not
+            approved; every one is reported with its location.
     """
     if catalog is None:
         base = policy.source.parent if policy.source else Path.cwd()
@@ -215,6 +221,10 @@ def compile_policy(policy: Policy, catalog: Catalog | None = None) -> CompiledPo
     problems += check_policy(policy, catalog, functions)
     translations, found = load_translations(policy)
     problems += found + check_translations(policy, catalog, translations)
+    if require_approved or policy.require_approved:
+        from sopagent._approval import unapproved  # noqa: PLC0415 (only when approval is required)
+
+        problems += unapproved(catalog)
     if any(p.severity == "error" for p in problems):
         raise PolicyError(problems)
     policy_hash = _policy_hash(policy, catalog, functions, translations)

@@ -48,10 +48,14 @@ _Loader.add_implicit_resolver(
 )
 
 
+Mark = tuple[int, int]
+"""A 1-based (line, column); Locations are made from them only when one is asked for."""
+
+
 class Document:
     """A parsed YAML document: its data and the source location of every value in it."""
 
-    def __init__(self, path: str, data: Any, marks: dict[Path_, Location]) -> None:
+    def __init__(self, path: str, data: Any, marks: dict[Path_, Mark]) -> None:
         self.path = path
         self.data = data
         self._marks = marks
@@ -62,14 +66,14 @@ class Document:
         while current:
             mark = self._marks.get(current)
             if mark is not None:
-                return mark
+                return Location(self.path, *mark)
             current = current[:-1]
-        return self._marks.get((), Location(self.path, 1, 1))
+        return Location(self.path, *self._marks.get((), (1, 1)))
 
     def locate_key(self, path: Path_) -> Location:
         """Return the location of the mapping key that leads to ``path``."""
         mark = self._marks.get((*path, "<key>"))
-        return mark if mark is not None else self.locate(path)
+        return Location(self.path, *mark) if mark is not None else self.locate(path)
 
 
 def _location(path: str, mark: yaml.Mark | None) -> Location:
@@ -78,10 +82,14 @@ def _location(path: str, mark: yaml.Mark | None) -> Location:
     return Location(path, mark.line + 1, mark.column + 1)
 
 
+def _mark(mark: yaml.Mark | None) -> Mark:
+    return (1, 1) if mark is None else (mark.line + 1, mark.column + 1)
+
+
 class _Builder:
     def __init__(self, path: str) -> None:
         self.path = path
-        self.marks: dict[Path_, Location] = {}
+        self.marks: dict[Path_, Mark] = {}
         self.problems: list[Problem] = []
         self.nodes = 0
 
@@ -91,7 +99,7 @@ class _Builder:
             raise _LimitError(node)
         if depth > _MAX_DEPTH:
             raise _DepthError(node)
-        self.marks[at] = _location(self.path, node.start_mark)
+        self.marks[at] = _mark(node.start_mark)
         if isinstance(node, yaml.MappingNode | yaml.SequenceNode) and node.tag not in _PLAIN:
             self._problem(
                 "SOP002",
@@ -134,7 +142,7 @@ class _Builder:
                     hint="each key may appear once in a mapping",
                 )
                 continue
-            self.marks[(*at, key, "<key>")] = _location(self.path, key_node.start_mark)
+            self.marks[(*at, key, "<key>")] = _mark(key_node.start_mark)
             result[key] = self.build(value_node, (*at, key), depth + 1)
         return result
 
@@ -227,7 +235,7 @@ def read_yaml(path: str | Path, *, text: str | None = None) -> Document:
         raise _failure("SOP001", "a file holds one YAML document", where)
     builder = _Builder(name)
     if not nodes:
-        return Document(name, None, {(): Location(name, 1, 1)})
+        return Document(name, None, {(): (1, 1)})
     try:
         data = builder.build(nodes[0], (), 0)
     except _DepthError as exc:

@@ -4,7 +4,8 @@ Commands:
 
 * ``chat POLICY``: talk to the agent in the terminal (or pipe lines into it);
 * ``run POLICY --input FILE``: replay a conversation file, one user message per line;
-* ``check POLICY...``: report every problem of policies, catalogs and decision modules;
+* ``check POLICY...``: run every rule of the catalogue (docs/rules.md) as text, JSON or SARIF;
+* ``approve CATALOG --by NAME``: record a reviewer's approval of catalog wording;
 * ``schema``: write the JSON Schemas of the policy and catalog formats;
 * ``graph POLICY``: print the compiled state machine as Mermaid or Graphviz;
 * ``eval POLICY --data FILE``: intent accuracy, F1, calibration and cost on labelled examples;
@@ -16,9 +17,9 @@ Commands:
 * ``npc POLICY --stdio``: game NPCs for an engine over JSON lines; ``--replay FILE`` replays one;
 * ``export-lines POLICY``: every catalog line of every locale as CSV.
 
-Exit codes: 0 success, 1 findings (``verify``, ``diff``, ``replay``, an ``npc --replay`` that
-diverged from its recording), 2 authoring or usage errors (`sopagent.errors.PolicyError`, bad
-options, malformed input files), 3 run-time faults
+Exit codes: 0 success, 1 findings (``check``, ``approve --status``, ``verify``, ``diff``,
+``replay``, an ``npc --replay`` that diverged from its recording), 2 authoring or usage errors
+(`sopagent.errors.PolicyError`, bad options, malformed input files), 3 run-time faults
 (`sopagent.errors.RuntimeFault`, the embedded backend missing). Heavy modules (rich, the
 embedded model) are imported only by the commands that need them.
 """
@@ -104,6 +105,14 @@ AuditOpt = Annotated[
         show_default=False,
     ),
 ]
+RequireApprovedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--require-approved",
+        help="Refuse to run unless every catalog response is approved, as it is now, in the"
+        " catalog's lock file (sopagent approve).",
+    ),
+]
 FactOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -150,11 +159,11 @@ class _NullSink:
         """Do nothing."""
 
 
-def _compile(path: Path) -> CompiledPolicy:
+def _compile(path: Path, *, require_approved: bool = False) -> CompiledPolicy:
     from sopagent._compile import compile_policy  # noqa: PLC0415 (pydantic, transitions)
     from sopagent._load import load_policy  # noqa: PLC0415
 
-    return compile_policy(load_policy(path))
+    return compile_policy(load_policy(path), require_approved=require_approved)
 
 
 def _parse_facts(items: Sequence[str] | None) -> dict[str, Any]:
@@ -438,10 +447,11 @@ def chat(
             "--show-debug", help="After each reply, show intent, score, states and responses."
         ),
     ] = False,
+    require_approved: RequireApprovedOpt = False,
 ) -> None:
     """Talk to the agent. Type /quit (or end the input) to leave; lines can be piped in."""
     with _reporting():
-        compiled = _compile(policy)
+        compiled = _compile(policy, require_approved=require_approved)
         run = _start(compiled, backend=backend, script=script, audit=audit, facts=fact)
         console = _console()
         try:
@@ -584,10 +594,11 @@ def run(
     script: ScriptOpt = None,
     audit: AuditOpt = None,
     fact: FactOpt = None,
+    require_approved: RequireApprovedOpt = False,
 ) -> None:
     """Replay a conversation file through the agent: the opening turn, then one per line."""
     with _reporting():
-        compiled = _compile(policy)
+        compiled = _compile(policy, require_approved=require_approved)
         messages = _read_conversation(input_file, compiled)
         session_run = _start(compiled, backend=backend, script=script, audit=audit, facts=fact)
         show = _record if json_output else _transcript
@@ -612,59 +623,6 @@ def run(
                 out.flush()
         finally:
             session_run.close()
-
-
-# --- check -----------------------------------------------------------------------------------
-
-
-def _problem_json(problem: Problem) -> dict[str, Any]:
-    loc = problem.location
-    return {
-        "code": problem.code,
-        "severity": problem.severity,
-        "message": problem.message,
-        "file": loc.file,
-        "line": loc.line or None,
-        "column": loc.column or None,
-        "hint": problem.hint or None,
-    }
-
-
-@app.command()
-def check(
-    policies: Annotated[list[Path], typer.Argument(help="Policy YAML files.", show_default=False)],
-    json_output: Annotated[
-        bool, typer.Option("--json", help="Print the problems as a JSON list.")
-    ] = False,
-) -> None:
-    """Load, check and compile policies; report every error and warning with its location.
-
-    Exits 2 when any policy has errors, 0 otherwise (warnings allowed).
-    """
-    with _reporting():
-        found: dict[tuple[Location, str, str], Problem] = {}
-        for path in policies:
-            try:
-                problems: Sequence[Problem] = _compile(path).warnings
-            except PolicyError as exc:
-                problems = exc.problems
-            for problem in problems:
-                found.setdefault((problem.location, problem.code, problem.message), problem)
-        ordered = sorted(found.values(), key=Problem.sort_key)
-        errors = sum(1 for p in ordered if p.severity == "error")
-        warnings = len(ordered) - errors
-        if json_output:
-            typer.echo(json.dumps([_problem_json(p) for p in ordered], indent=2))
-        else:
-            for problem in ordered:
-                typer.echo(str(problem))
-            count = f"{len(policies)} polic{'ies' if len(policies) != 1 else 'y'}"
-            _err(
-                f"{count} checked: {errors} error{'s' if errors != 1 else ''},"
-                f" {warnings} warning{'s' if warnings != 1 else ''}"
-            )
-        if errors:
-            raise typer.Exit(PolicyError.exit_code)
 
 
 # --- schema ----------------------------------------------------------------------------------
@@ -1438,6 +1396,164 @@ def export_lines(
             raise typer.Exit(2) from None
         rows = text.count("\n") - 1
         _err(f"{rows} line{'s' if rows != 1 else ''} written to {out}")
+# --- check and approve -----------------------------------------------------------------------
+
+
+class CheckFormat(StrEnum):
+    """Output format of ``sopagent check``."""
+
+    text = "text"
+    json = "json"
+    sarif = "sarif"
+    markdown = "markdown"
+
+
+def _emit(text: str, out: Path | None) -> None:
+    if out is None:
+        sys.stdout.write(text)
+        return
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise typer.BadParameter(
+            f"cannot write {out}: {exc.strerror}", param_hint="--output"
+        ) from None
+
+
+@app.command()
+def check(
+    policies: Annotated[
+        list[Path] | None, typer.Argument(help="Policy YAML files.", show_default=False)
+    ] = None,
+    *,
+    json_output: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
+    output_format: Annotated[
+        CheckFormat,
+        typer.Option(
+            "--format",
+            "-f",
+            help="text (one finding a line), json, or sarif (GitHub code scanning); with"
+            " --list-rules also markdown (docs/rules.md).",
+        ),
+    ] = CheckFormat.text,
+    select: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--select",
+            metavar="CODE",
+            help="Report only these rules: codes or prefixes (SOP04), repeatable or"
+            " comma-separated.",
+            show_default=False,
+        ),
+    ] = None,
+    ignore: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--ignore", metavar="CODE", help="Do not report these rules.", show_default=False
+        ),
+    ] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Warnings fail too (exit 1).")] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write the report to FILE.", show_default=False),
+    ] = None,
+    list_rules: Annotated[
+        bool, typer.Option("--list-rules", help="Print the rule catalogue and exit.")
+    ] = False,
+) -> None:
+    """Run every rule on policies, their catalogs and decision modules (docs/rules.md).
+
+    Exits 0 when clean (warnings allowed unless --strict), 1 on findings, 2 when a file cannot
+    be loaded or the options are wrong.
+    """
+    from sopagent._analysis import check_paths, render, summary_line  # noqa: PLC0415
+    from sopagent._rules import rules_listing  # noqa: PLC0415
+
+    chosen = CheckFormat.json if json_output else output_format
+    if list_rules:
+        if chosen is CheckFormat.sarif:
+            raise typer.BadParameter(
+                "rules are listed as text, json or markdown", param_hint="--format"
+            )
+        _emit(rules_listing(chosen.value), output)
+        return
+    if not policies:
+        raise typer.BadParameter("give at least one policy file", param_hint="POLICIES")
+    if chosen is CheckFormat.markdown:
+        raise typer.BadParameter("markdown is for --list-rules", param_hint="--format")
+    try:
+        report = check_paths(policies, select=select or (), ignore=ignore or ())
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--select/--ignore") from exc
+    _emit(render(report, chosen.value, strict=strict), output)
+    if chosen is CheckFormat.text:
+        _err(summary_line(report))
+    raise typer.Exit(report.exit_code(strict=strict))
+
+
+@app.command()
+def approve(
+    catalog: Annotated[Path, typer.Argument(help="Catalog YAML file.", show_default=False)],
+    *,
+    by: Annotated[
+        str | None,
+        typer.Option("--by", metavar="NAME", help="Who approves.", show_default=False),
+    ] = None,
+    entry: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--entry",
+            metavar="ID",
+            help="Approve only this response (repeatable); by default every one not approved"
+            " as it is now.",
+            show_default=False,
+        ),
+    ] = None,
+    status: Annotated[
+        bool,
+        typer.Option(
+            "--status",
+            help="Show approved, unapproved, changed and stale entries; exit 1"
+            " unless every response is approved.",
+        ),
+    ] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print a JSON document.")] = False,
+) -> None:
+    """Record a reviewer's approval of catalog wording in NAME.approvals.json beside it."""
+    from sopagent import _approval  # noqa: PLC0415
+    from sopagent._load import load_catalog  # noqa: PLC0415
+
+    with _reporting():
+        loaded = load_catalog(catalog)
+        if status:
+            if by is not None or entry:
+                raise typer.BadParameter("--status only shows; drop --by and --entry")
+            lock = _approval.read_lock(loaded)
+            if json_output:
+                typer.echo(json.dumps(_approval.status_document(loaded, lock), indent=2))
+            else:
+                for line in _approval.status_lines(loaded, lock):
+                    typer.echo(line)
+            raise typer.Exit(0 if _approval.fully_approved(loaded, lock) else 1)
+        if by is None:
+            raise typer.BadParameter("say who approves with --by NAME", param_hint="--by")
+        try:
+            approved, path = _approval.approve(loaded, by=by, entries=entry or None)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--by/--entry") from exc
+        except OSError as exc:
+            _err(f"error: cannot write the lock file: {exc.strerror}")
+            raise typer.Exit(2) from None
+        lock = _approval.read_lock(loaded)
+        if json_output:
+            document = _approval.status_document(loaded, lock, approved)
+            typer.echo(json.dumps(document, indent=2))
+        else:
+            count = len(approved)
+            _err(f"{count} response{'s' if count != 1 else ''} approved by {by.strip()} in {path}")
+            for name in approved:
+                typer.echo(name)
 
 
 # --- entry point -----------------------------------------------------------------------------

@@ -23,6 +23,10 @@ facts it reads (``reads=[...]``) and the effects it may return (``effects=...``)
         if offer < 50:
             return "too_low"
         return Outcome("sold", effects=[Effect(name="take_gold", args={"amount": offer})])
+
+``sets`` declares, per outcome, the slots and facts the function always gives a value when
+it returns that outcome; the run time holds it to that, and `sopagent check` relies on it to
+prove that a response's placeholders are filled.
 """
 
 from __future__ import annotations
@@ -115,6 +119,7 @@ class DecisionFunction(Protocol):
     """A function marked with `@decision`."""
 
     __sopagent_outcomes__: tuple[str, ...]
+    __sopagent_sets__: Mapping[str, tuple[str, ...]]
     __name__: str
 
     def __call__(self, ctx: Context, /) -> Outcome | str: ...
@@ -123,6 +128,7 @@ class DecisionFunction(Protocol):
 _MARK = "__sopagent_outcomes__"
 _READS = "__sopagent_reads__"
 _EFFECTS = "__sopagent_effects__"
+_SETS = "__sopagent_sets__"
 
 
 def decision(
@@ -130,6 +136,7 @@ def decision(
     outcomes: list[str] | tuple[str, ...],
     reads: Sequence[str] | None = None,
     effects: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
+    sets: Mapping[str, list[str] | tuple[str, ...]] | None = None,
 ) -> Callable[[Callable[[Context], Outcome | str]], DecisionFunction]:
     """Mark a function as a decision function with the outcomes it may return.
 
@@ -139,9 +146,17 @@ def decision(
             them, and the function's context holds only these. By default it sees them all.
         effects: the declared effects it may return in `Outcome.effects`: names allowed with
             every outcome, or outcome -> names. By default it returns none.
+        sets: outcome -> slots and facts that always have a value after the function returns
+            that outcome. Returning the outcome with one of them empty is a `DecisionError`.
 
     Returns:
         A decorator that records the declaration on the function and returns it unchanged.
+
+    Raises:
+        ValueError: no outcomes, duplicates, or ``effects`` or ``sets`` names an outcome not
+            declared.
+        TypeError: ``reads``, ``effects`` or a ``sets`` entry is one string instead of a list
+            of names.
     """
     declared = tuple(outcomes)
     if not declared:
@@ -160,10 +175,19 @@ def decision(
         emits = dict.fromkeys(declared, tuple(effects))
     read = None if reads is None else tuple(reads)
 
+    promised: dict[str, tuple[str, ...]] = {}
+    for outcome, names in (sets or {}).items():
+        if outcome not in declared:
+            raise ValueError(f"sets names {outcome!r}, which is not one of the outcomes")
+        if isinstance(names, str):
+            raise TypeError(f"sets[{outcome!r}] is a list of names, not one string")
+        promised[outcome] = tuple(dict.fromkeys(names))
+
     def mark(function: Callable[[Context], Outcome | str]) -> DecisionFunction:
         setattr(function, _MARK, declared)
         setattr(function, _READS, read)
         setattr(function, _EFFECTS, emits)
+        setattr(function, _SETS, MappingProxyType(promised))
         return function  # type: ignore[return-value]
 
     return mark

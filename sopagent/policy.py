@@ -74,6 +74,7 @@ OUT_OF_SCOPE = "out_of_scope"
 """The built-in intent for input that matches no intent of the policy."""
 
 _ID = r"^[a-z][a-z0-9_]*$"
+_MODULE = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 Identifier = Annotated[str, Field(pattern=_ID, max_length=64)]
 
 
@@ -641,6 +642,17 @@ class Policy(_Sourced):
         default_factory=list,
         description="Modules whose @decision functions this policy may use: dotted names or "
         "paths of .py files relative to this file. Nothing else is ever imported.",
+    )
+    allow_imports: list[Annotated[str, Field(pattern=_MODULE)]] = Field(
+        default_factory=list,
+        description="Modules the decision modules may import beyond sopagent and the standard"
+        " library's in-process modules (files, network, other packages): what a reviewer"
+        " agreed the code may reach. `sopagent check` reports any other import (SOP055).",
+    )
+    require_approved: bool = Field(
+        default=False,
+        description="Refuse to run unless a reviewer approved every response of the catalog,"
+        " as it is now, in the catalog's lock file (`sopagent approve`).",
     )
     initial: Identifier
     intents: dict[Identifier, Intent] = Field(min_length=1)

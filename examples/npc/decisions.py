@@ -21,7 +21,11 @@ def _carries(ctx: Context, item: str) -> bool:
 
 
 @decision(
-    outcomes=["key_for_sale", "quest_discount", "player_has_key"], reads=["inventory", "flags"]
+    outcomes=["key_for_sale", "quest_discount", "player_has_key"],
+    reads=["inventory", "flags"],
+    sets={
+        outcome: ["key_price"] for outcome in ("key_for_sale", "quest_discount", "player_has_key")
+    },
 )
 def open_shop(ctx: Context) -> Outcome:
     """Open the shop: the key's price depends on whether Wren sent the player."""
@@ -36,13 +40,15 @@ def open_shop(ctx: Context) -> Outcome:
     outcomes=["sold", "too_low", "cannot_afford"],
     reads=["offer", "gold", "key_price"],
     effects={"sold": ["take_gold"]},
+    sets={"cannot_afford": ["gold"], "sold": ["gold"]},
 )
 def weigh_offer(ctx: Context) -> Outcome:
     """Sell for an offer of at least the price that the player can pay; forget the offer."""
     offer = ctx.slots["offer"]
     gold = ctx.facts.get("gold", 0)
     if offer > gold:
-        return Outcome("cannot_afford", slots={"offer": None})
+        # The purse as Bramble counted it (empty when the game sent none), for his line.
+        return Outcome("cannot_afford", slots={"offer": None}, facts={"gold": gold})
     if offer < ctx.facts["key_price"]:
         return Outcome("too_low", slots={"offer": None})
     return Outcome(

@@ -64,7 +64,9 @@ def check_key(ctx: Context) -> str:
 
 
 @decision(
-    outcomes=["opened", "no_key", "already_open"], reads=["flags", "inventory", "paid_reward"]
+    outcomes=["opened", "no_key", "already_open"],
+    reads=["flags", "inventory", "paid_reward"],
+    sets={"opened": ["reward", "paid_reward"]},
 )
 def open_crypt(ctx: Context) -> Outcome | str:
     """Unseal the crypt with the key, once, and set the reward the route pays out."""

@@ -38,7 +38,8 @@ def find_order(ctx: Context) -> Outcome:
 
 
 @decision(
-    outcomes=["eligible", "needs_verification", "not_delivered", "too_old", "already_refunded"]
+    outcomes=["eligible", "needs_verification", "not_delivered", "too_old", "already_refunded"],
+    sets={"eligible": ["refund_amount"]},
 )
 def check_refund(ctx: Context) -> Outcome | str:
     """Apply the refund rules: delivered, within the window, once, verified above $100."""
@@ -55,7 +56,7 @@ def check_refund(ctx: Context) -> Outcome | str:
     return Outcome("eligible", facts={"refund_amount": total})
 
 
-@decision(outcomes=["verified", "wrong_code", "locked"])
+@decision(outcomes=["verified", "wrong_code", "locked"], sets={"verified": ["refund_amount"]})
 def verify_identity(ctx: Context) -> Outcome:
     """Compare the code with the one emailed; three misses lock the refund."""
     order = _order(ctx)
@@ -69,7 +70,7 @@ def verify_identity(ctx: Context) -> Outcome:
     return Outcome(outcome, slots={"verification_code": None}, facts={"failed_attempts": attempts})
 
 
-@decision(outcomes=["issued", "failed"])
+@decision(outcomes=["issued", "failed"], sets={"issued": ["refund_reference"]})
 def issue_refund(ctx: Context) -> Outcome:
     """Issue the refund once; re-check the rules so no path can skip them."""
     order = _order(ctx)

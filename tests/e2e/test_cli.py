@@ -273,7 +273,7 @@ def test_check_good_policy_exits_0() -> None:
 
 
 def test_check_yaml_error_exits_2(tmp_path: Path) -> None:
-    """A YAML syntax error is reported at file:line:col with exit code 2."""
+    """A YAML syntax error is a load error: reported at file:line:col, exit code 2."""
     broken = tmp_path / "broken.yaml"
     broken.write_text("sopagent: 1\nname: refund\nintents: [unclosed\n", encoding="utf-8")
     result = sopagent("check", broken)
@@ -284,18 +284,18 @@ def test_check_yaml_error_exits_2(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_check_unknown_state_exits_2(tmp_path: Path) -> None:
-    """An unknown target state is reported at the exact line and column, sorted with warnings."""
+def test_check_unknown_state_exits_1(tmp_path: Path) -> None:
+    """An unknown target state is a finding at the exact line and column: exit code 1."""
     path = policy_copy(tmp_path, "request_refund: ask_order\n", "request_refund: ask_ordr\n")
     line, column = position(path, "request_refund: ask_ordr", "ask_ordr")
     result = sopagent("check", path, POLICY)
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert f"{path}:{line}:{column}: SOP020 unknown state 'ask_ordr'" in result.stdout.splitlines()
     assert "1 error" in result.stderr
 
 
-def test_check_json_lists_problems(tmp_path: Path) -> None:
-    """check --json prints every problem as an object, warnings included."""
+def test_check_json_document(tmp_path: Path) -> None:
+    """check --json prints one document: policies, findings with locations and hints, summary."""
     path = policy_copy(
         tmp_path,
         "\n  closed:\n",
@@ -303,14 +303,37 @@ def test_check_json_lists_problems(tmp_path: Path) -> None:
     )
     clean = sopagent("check", path, "--json")
     assert clean.returncode == 0, clean.stdout + clean.stderr
-    [warning] = json.loads(clean.stdout)
-    assert warning["severity"] == "warning"
-    assert warning["file"] == str(path)
-    assert set(warning) == {"code", "severity", "message", "file", "line", "column", "hint"}
+    document = json.loads(clean.stdout)
+    assert document["format"] == 1
+    assert document["tool"] == {"name": "sopagent", "version": "0.1.0"}
+    assert document["policies"] == [
+        {"file": str(path), "name": "refund", "catalog": "catalogs/support_en.yaml", "loaded": True}
+    ]
+    [warning] = document["findings"]
+    assert warning == {
+        "code": "SOP030",
+        "name": "unreachable-state",
+        "severity": "warning",
+        "message": "state 'orphan' is unreachable",
+        "file": str(path),
+        "line": position(path, "  orphan:", "orphan")[0],
+        "column": 3,
+        "hint": "route to the state, or remove it",
+    }
+    assert document["summary"] == {
+        "policies": 1,
+        "errors": 0,
+        "warnings": 1,
+        "suppressed": 0,
+        "exit_code": 0,
+    }
+    strict = sopagent("check", path, "--json", "--strict")
+    assert strict.returncode == 1
+    assert json.loads(strict.stdout)["summary"]["exit_code"] == 1
     broken = policy_copy(tmp_path, "initial: greeting", "initial: nowhere")
     result = sopagent("check", broken, "--json")
-    assert result.returncode == 2
-    problems = json.loads(result.stdout)
+    assert result.returncode == 1
+    problems = json.loads(result.stdout)["findings"]
     assert [p["code"] for p in problems if p["severity"] == "error"] == ["SOP020"]
     assert (problems[0]["line"], problems[0]["column"]) == position(broken, "initial:", "nowhere")
 

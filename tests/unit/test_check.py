@@ -353,7 +353,10 @@ def test_sop030_unreachable_state_is_a_warning(write_policy: Writer) -> None:
     path = write_policy(policy=lambda t: t + "  limbo:\n    say: bye\n    terminal: true\n")
     (problem,) = problems_of(path)
     assert (problem.code, problem.severity) == ("SOP030", "warning")
-    assert problem.location.line == line_of(path.read_text(), "  limbo:") + 1
+    assert (problem.location.line, problem.location.column) == (
+        line_of(path.read_text(), "  limbo:"),
+        3,
+    )
     compiled = compile_policy(load_policy(path))
     assert codes(compiled.warnings) == ["SOP030"]
 
