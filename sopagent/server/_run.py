@@ -288,12 +288,31 @@ def serve(config: ServeConfig, *, ready: Callable[[str], None] | None = None) ->
     service, close = build_service(config)
     sock = _listen(config.host, config.port)
     app = create_app(service, on_shutdown=close)
-    server = uvicorn.Server(uvicorn.Config(app, **options))
+    server = _server_class()(uvicorn.Config(app, **options))
     if ready is not None:
         host, port = sock.getsockname()[:2]
         ready(f"http://{host}:{port}")
     server.run(sockets=[sock])
     return 0 if server.started else 3
+
+
+def _server_class() -> type[Any]:
+    import uvicorn  # noqa: PLC0415
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, but a SIGINT or SIGTERM ends it with exit code 0.
+
+        uvicorn re-raises the signal it caught once it has shut down, so the process would
+        die of it; a service stopped on purpose has succeeded.
+        """
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            captured = getattr(self, "_captured_signals", None)
+            if isinstance(captured, list):
+                captured.clear()
+
+    return Server
 
 
 def _listen(host: str, port: int) -> socket.socket:
