@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -63,10 +63,11 @@ Start = Callable[..., Running]
 def _keys_file(directory: Path) -> tuple[Path, dict[str, str]]:
     keys = {"acme": "sk_test_acme", "beta": "sk_test_beta"}
     path = directory / "keys.yaml"
+    acme, beta = hash_key(keys["acme"]), hash_key(keys["beta"])
     path.write_text(
         "keys:\n"
-        f"  - {{id: acme-web, tenant: acme, policies: [refund], hash: '{hash_key(keys['acme'])}'}}\n"
-        f"  - {{id: beta-web, tenant: beta, policies: ['*'], hash: '{hash_key(keys['beta'])}'}}\n",
+        f"  - {{id: acme-web, tenant: acme, policies: [refund], hash: '{acme}'}}\n"
+        f"  - {{id: beta-web, tenant: beta, policies: ['*'], hash: '{beta}'}}\n",
         encoding="utf-8",
     )
     return path, keys
@@ -255,15 +256,15 @@ def test_retry_with_idempotency_key_returns_first_answer(start: Start) -> None:
 
 
 class _Receiver(http.server.BaseHTTPRequestHandler):
-    received: list[dict[str, Any]] = []
+    received: ClassVar[list[dict[str, Any]]] = []
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_POST(self) -> None:
         length = int(self.headers["Content-Length"])
         self.received.append(json.loads(self.rfile.read(length)))
         self.send_response(204)
         self.end_headers()
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
