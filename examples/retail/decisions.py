@@ -26,11 +26,28 @@ Record = dict[str, Any]
 # Slots and facts of one request, forgotten when it is done or dropped.
 _REQUEST_SLOTS = ("order_id", "item_query", "payment", "reason", "address")
 _REQUEST_FACTS = (
-    "request", "order_ref", "order_status", "order_items", "order_total", "selected_ids",
-    "selected_items", "new_ids", "changes", "current_item", "candidate_ids", "candidates",
-    "chosen_id", "chosen_item", "difference_text", "payment_method_id", "payment_label",
-    "payment_options", "refund_note", "address_text", "order_details",
-)  # fmt: skip
+    "request",
+    "order_ref",
+    "order_status",
+    "order_items",
+    "order_total",
+    "selected_ids",
+    "selected_items",
+    "new_ids",
+    "changes",
+    "current_item",
+    "candidate_ids",
+    "candidates",
+    "chosen_id",
+    "chosen_item",
+    "difference_text",
+    "payment_method_id",
+    "payment_label",
+    "payment_options",
+    "refund_note",
+    "address_text",
+    "order_details",
+)
 
 _REQUESTS = {
     "cancel_order": "cancel",
@@ -70,7 +87,7 @@ _UNITS = r"ft|inch|l|mp|x|bar|gb|mah|ml|mm|hours|cups?|piece|lbs|degrees|w|k|p"
 
 def _norm(text: str) -> str:
     """Lower-case text with units written one way: ``5-feet`` -> ``5ft``, ``1.5 L`` -> ``1.5l``."""
-    t = text.lower().replace("‑", "-")
+    t = text.lower().replace("\u2011", "-")  # a non-breaking hyphen is a hyphen
     t = re.sub(r"\b(feet|foot)\b", "ft", t)
     t = re.sub(r"\binches\b", "inch", t)
     t = re.sub(r"\b(liters?|litres?)\b", "l", t)
@@ -81,12 +98,17 @@ def _norm(text: str) -> str:
 
 def _mentions(query: str, value: str) -> bool:
     needle = _norm(value)
-    return bool(needle) and re.search(rf"(?<![\w.']){re.escape(needle)}(?![\w%])", query) is not None
+    return (
+        bool(needle) and re.search(rf"(?<![\w.']){re.escape(needle)}(?![\w%])", query) is not None
+    )
 
 
 # Option values that are ordinary words of answers, not descriptions of an item.
 _VAGUE = frozenset({"yes", "no", "none"})
-_ALL = re.compile(r"\b(all (?:of )?(?:the |my )?(?:items|of them|things)|everything|both|entire order|whole order)\b")
+_ALL = re.compile(
+    r"\b(all (?:of )?(?:the |my )?(?:items|of them|things)|everything|both"
+    r"|entire order|whole order)\b"
+)
 _CHEAPEST = re.compile(r"\b(cheap|cheaper|cheapest|lowest price|less expensive|costs? less)\b")
 _SAME = re.compile(r"\b(same|keep|unchanged|otherwise|everything else|rest)\b")
 _ITEM_ID = re.compile(r"(?<!\d)(\d{10})(?!\d)")
@@ -101,7 +123,8 @@ def _options(options: Mapping[str, str]) -> str:
 
 
 def _describe(item: Mapping[str, Any]) -> str:
-    return f"{item['name']} ({_options(item['options'])}; item {item['item_id']}, {_money(item['price'])})"
+    price = _money(item["price"])
+    return f"{item['name']} ({_options(item['options'])}; item {item['item_id']}, {price})"
 
 
 def _variant_line(variant: Mapping[str, Any]) -> str:
@@ -136,9 +159,7 @@ def find_user(ctx: Context) -> Outcome:
     if user_id is None:
         return Outcome("not_found", slots={"email": None, "full_name": None, "zip": None})
     user = tools.get_user_details(user_id)
-    return Outcome(
-        "found", facts={"user_id": user_id, "user_name": user["name"]["first_name"]}
-    )
+    return Outcome("found", facts={"user_id": user_id, "user_name": user["name"]["first_name"]})
 
 
 # --- requests and orders -------------------------------------------------------------------------
@@ -173,10 +194,16 @@ def list_orders(ctx: Context) -> Outcome:
 
 @decision(
     outcomes=[
-        "cancel_ok", "address_ok", "payment_ok", "items_ok", "status_shown",
-        "not_found", "not_yours", "wrong_status",
+        "cancel_ok",
+        "address_ok",
+        "payment_ok",
+        "items_ok",
+        "status_shown",
+        "not_found",
+        "not_yours",
+        "wrong_status",
     ]
-)  # fmt: skip
+)
 def check_order(ctx: Context) -> Outcome:
     """Look the order up; it must be the user's and in the status the request needs."""
     order_id = "#" + ctx.slots["order_id"].lstrip("#").upper()
@@ -199,8 +226,11 @@ def check_order(ctx: Context) -> Outcome:
         return _forget("status_shown", order_details=details[:1900])
     if order["status"] != _NEEDS_STATUS[request]:
         return Outcome("wrong_status", slots={"order_id": None}, facts=facts)
-    outcome = {"cancel": "cancel_ok", "modify_address": "address_ok",
-               "modify_payment": "payment_ok"}.get(request, "items_ok")  # fmt: skip
+    outcome = {
+        "cancel": "cancel_ok",
+        "modify_address": "address_ok",
+        "modify_payment": "payment_ok",
+    }.get(request, "items_ok")
     if outcome == "cancel_ok":
         method = _original_method(order)
         when = "at once" if method["source"] == "gift_card" else "within 5 to 7 business days"
@@ -243,10 +273,36 @@ def _payment_options(user_id: str) -> str:
 # --- items ---------------------------------------------------------------------------------------
 
 
-def _name_matches(query: str, name: str) -> bool:
-    words = _norm(name).split()
-    forms = {_norm(name), words[-1], words[-1].rstrip("s"), words[-1] + "s"}
-    return any(_mentions(query, form) for form in forms if len(form) > 2)
+def _name_spans(query: str, name: str) -> list[tuple[int, int, bool]]:
+    """Where the query names the product: (start, end, whether by its full name)."""
+    full = _norm(name)
+    last = full.split()[-1]
+    spans = []
+    for form in {full, last, last.rstrip("s"), last + "s"}:
+        if len(form) > 2:
+            for m in re.finditer(rf"(?<![\w.']){re.escape(form)}(?![\w%])", query):
+                spans.append((m.start(), m.end(), form == full and " " in full))
+    return sorted(spans)
+
+
+def _named_items(query: str, items: Sequence[Record]) -> list[Record]:
+    """The items the query names, in the order it names them.
+
+    "digital camera" names the digital camera, not also the action camera: a mention by the
+    last word alone does not count inside another product's full name.
+    """
+    spans = {item["item_id"]: _name_spans(query, item["name"]) for item in items}
+    full = [(a, b) for found in spans.values() for a, b, whole in found if whole]
+    named = []
+    for item in items:
+        kept = [
+            a
+            for a, b, whole in spans[item["item_id"]]
+            if whole or not any(x <= a and b <= y for x, y in full)
+        ]
+        if kept:
+            named.append((min(kept), item))
+    return [item for _, item in sorted(named, key=lambda pair: pair[0])]
 
 
 @decision(outcomes=["matched", "no_match", "ambiguous"])
@@ -263,7 +319,8 @@ def match_items(ctx: Context) -> Outcome:
     elif _ALL.search(query):
         chosen = list(items)
     else:
-        named = [item for item in items if _name_matches(query, item["name"])]
+        # In the order the user named them: new items are asked for in that order.
+        named = _named_items(query, items)
         groups: dict[str, list[Record]] = {}
         for item in named:
             groups.setdefault(item["product_id"], []).append(item)
@@ -272,7 +329,9 @@ def match_items(ctx: Context) -> Outcome:
                 chosen += group
                 continue
             scores = [
-                sum(_mentions(query, v) for v in item["options"].values() if v.lower() not in _VAGUE)
+                sum(
+                    _mentions(query, v) for v in item["options"].values() if v.lower() not in _VAGUE
+                )
                 for item in group
             ]
             best = max(scores)
@@ -280,6 +339,15 @@ def match_items(ctx: Context) -> Outcome:
             if best == 0 or len({w["item_id"] for w in winners}) > 1:
                 return Outcome("ambiguous", slots={"item_query": None})
             chosen.append(winners[0])
+    if not chosen and not by_id:
+        # No product named ("the 80% one"): the options alone may single an item out.
+        scores = [
+            sum(_mentions(query, v) for v in item["options"].values() if v.lower() not in _VAGUE)
+            for item in items
+        ]
+        best = max(scores, default=0)
+        if best > 0 and scores.count(best) == 1:
+            chosen = [items[scores.index(best)]]
     if not chosen:
         return Outcome("no_match", slots={"item_query": None})
     remaining = [i["item_id"] for i in items]
@@ -397,7 +465,7 @@ def match_variant(ctx: Context) -> Outcome:
     offered = set(_ids(ctx.facts.get("candidate_ids"))) or {v["item_id"] for v in every}
     by_id = [v for v in every if v["item_id"] in set(_ITEM_ID.findall(query))]
     offered_variants = [v for v in every if v["item_id"] in offered]
-    narrowed = _narrow(offered_variants, item, query)
+    narrowed = _narrow(offered_variants, item, query, every)
     if by_id:
         found = by_id
     elif narrowed is None:
@@ -407,20 +475,24 @@ def match_variant(ctx: Context) -> Outcome:
             found = every
     else:
         # A description that fits none of the offered ones starts afresh from every variant.
-        found = narrowed or (_narrow(every, item, query) or [])
+        found = narrowed or (_narrow(every, item, query, every) or [])
     if not found:
         return Outcome(
             "no_match",
             slots={"item_query": None},
-            facts={"candidate_ids": ",".join(v["item_id"] for v in every),
-                   "candidates": _listing(every)},  # fmt: skip
+            facts={
+                "candidate_ids": ",".join(v["item_id"] for v in every),
+                "candidates": _listing(every),
+            },
         )
     if len(found) > 1:
         return Outcome(
             "ambiguous",
             slots={"item_query": None},
-            facts={"candidate_ids": ",".join(v["item_id"] for v in found),
-                   "candidates": _listing(found)},  # fmt: skip
+            facts={
+                "candidate_ids": ",".join(v["item_id"] for v in found),
+                "candidates": _listing(found),
+            },
         )
     (variant,) = found
     return Outcome(
@@ -428,17 +500,24 @@ def match_variant(ctx: Context) -> Outcome:
         slots={"item_query": None},
         facts={
             "chosen_id": variant["item_id"],
-            "chosen_item": f"{item['name']} ({_variant_line(variant)})",
+            "chosen_item": f"{item['name']} ({_options(variant['options'])}; item"
+            f" {variant['item_id']}, {_money(variant['price'])})",
             "candidate_ids": ",".join(v["item_id"] for v in found),
         },
     )
 
 
-def _narrow(variants: list[Record], item: Mapping[str, Any], query: str) -> list[Record] | None:
-    """The variants that fit what the query names; ``None`` when it names nothing."""
+def _narrow(
+    variants: list[Record], item: Mapping[str, Any], query: str, vocabulary: list[Record]
+) -> list[Record] | None:
+    """The variants that fit what the query names; ``None`` when it names nothing.
+
+    Option values are recognised among all of the product's ``vocabulary`` variants, so that
+    a value none of ``variants`` has rules them all out instead of being ignored.
+    """
     keys = list(item["options"])
     named: dict[str, set[str]] = {}
-    for variant in variants:
+    for variant in vocabulary:
         for key in keys:
             value = variant["options"][key]
             if value.lower() not in _VAGUE and _mentions(query, value):
@@ -448,9 +527,10 @@ def _narrow(variants: list[Record], item: Mapping[str, Any], query: str) -> list
     found = [v for v in variants if all(v["options"][k] in vals for k, vals in named.items())]
     if _SAME.search(query):
         kept = [
-            v for v in found
+            v
+            for v in found
             if all(v["options"][k] == item["options"][k] for k in keys if k not in named)
-        ]  # fmt: skip
+        ]
         found = kept or found
     if _CHEAPEST.search(query) and found:
         cheapest = min(v["price"] for v in found)
@@ -478,10 +558,17 @@ _EXPLICIT = re.compile(r"(paypal|credit_card|gift_card)_\d+")
 
 @decision(
     outcomes=[
-        "return_ok", "exchange_ok", "modify_items_ok", "payment_change_ok",
-        "not_found", "ambiguous", "not_allowed", "insufficient", "same_method",
+        "return_ok",
+        "exchange_ok",
+        "modify_items_ok",
+        "payment_change_ok",
+        "not_found",
+        "ambiguous",
+        "not_allowed",
+        "insufficient",
+        "same_method",
     ]
-)  # fmt: skip
+)
 def resolve_payment(ctx: Context) -> Outcome:
     """Turn what the user said into one of their payment methods and check the rules."""
     said = ctx.slots.get("payment", "").lower()

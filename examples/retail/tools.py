@@ -42,12 +42,14 @@ class Database:
     @classmethod
     def load(cls, directory: Path = DB_DIR) -> Database:
         """Read the three JSON files of ``directory``."""
+        return cls.parse(
+            *(_read(directory / n) for n in ("users.json", "orders.json", "products.json"))
+        )
 
-        def read(name: str) -> dict[str, Record]:
-            data: dict[str, Record] = json.loads((directory / name).read_text(encoding="utf-8"))
-            return data
-
-        return cls(read("users.json"), read("orders.json"), read("products.json"))
+    @classmethod
+    def parse(cls, users: str, orders: str, products: str) -> Database:
+        """Build a database from the JSON texts of its three files."""
+        return cls(json.loads(users), json.loads(orders), json.loads(products))
 
     def copy(self) -> Database:
         """An independent copy (the log included)."""
@@ -58,16 +60,24 @@ class Database:
         self.actions.append({"name": name, "kwargs": copy.deepcopy(kwargs)})
 
 
-_PRISTINE = Database.load()
-DB = _PRISTINE.copy()
+def _read(path: Path) -> str:
+    return path.read_text(encoding="utf-8")
+
+
+# Parsing the shipped JSON again is several times faster than deep-copying it.
+_PRISTINE = tuple(_read(DB_DIR / n) for n in ("users.json", "orders.json", "products.json"))
+DB = Database.parse(*_PRISTINE)
 
 
 def reset() -> Database:
     """Put the shared database back as shipped (tests call this between conversations)."""
-    fresh = _PRISTINE.copy()
+    fresh = Database.parse(*_PRISTINE)
     DB.users, DB.orders, DB.products, DB.actions = (
-        fresh.users, fresh.orders, fresh.products, fresh.actions,
-    )  # fmt: skip
+        fresh.users,
+        fresh.orders,
+        fresh.products,
+        fresh.actions,
+    )
     return DB
 
 
@@ -83,7 +93,7 @@ def find_user_id_by_email(email: str, db: Database = DB) -> str:
     raise ToolError("user not found")
 
 
-def find_user_id_by_name_zip(first_name: str, last_name: str, zip: str, db: Database = DB) -> str:  # noqa: A002 (the tool's parameter name)
+def find_user_id_by_name_zip(first_name: str, last_name: str, zip: str, db: Database = DB) -> str:
     """Return the id of the user with this first name, last name and zip code."""
     for user_id, user in db.users.items():
         name = user["name"]
@@ -233,14 +243,20 @@ def modify_pending_order_address(
     city: str,
     state: str,
     country: str,
-    zip: str,  # noqa: A002 (the tool's parameter name)
+    zip: str,
     db: Database = DB,
 ) -> Record:
     """Change the shipping address of a pending order."""
     order = get_order_details(order_id, db)
     _status(order, "pending")
-    address = {"address1": address1, "address2": address2, "city": city, "country": country,
-               "state": state, "zip": zip}  # fmt: skip
+    address = {
+        "address1": address1,
+        "address2": address2,
+        "city": city,
+        "country": country,
+        "state": state,
+        "zip": zip,
+    }
     order["address"] = address
     db.record("modify_pending_order_address", order_id=order_id, **address)
     return order
@@ -261,8 +277,11 @@ def modify_pending_order_items(
     _can_pay(method, difference)
     kind = "payment" if difference > 0 else "refund"
     order["payment_history"].append(
-        {"transaction_type": kind, "amount": abs(difference),
-         "payment_method_id": payment_method_id}  # fmt: skip
+        {
+            "transaction_type": kind,
+            "amount": abs(difference),
+            "payment_method_id": payment_method_id,
+        }
     )
     if method["source"] == "gift_card":
         method["balance"] = round(method["balance"] - difference, 2)
@@ -271,12 +290,19 @@ def modify_pending_order_items(
         variant = db.products[item["product_id"]]["variants"][new_id]
         item.update(item_id=new_id, price=variant["price"], options=dict(variant["options"]))
     order["status"] = "pending (item modified)"
-    db.record("modify_pending_order_items", order_id=order_id, item_ids=list(item_ids),
-              new_item_ids=list(new_item_ids), payment_method_id=payment_method_id)  # fmt: skip
+    db.record(
+        "modify_pending_order_items",
+        order_id=order_id,
+        item_ids=list(item_ids),
+        new_item_ids=list(new_item_ids),
+        payment_method_id=payment_method_id,
+    )
     return order
 
 
-def modify_pending_order_payment(order_id: str, payment_method_id: str, db: Database = DB) -> Record:
+def modify_pending_order_payment(
+    order_id: str, payment_method_id: str, db: Database = DB
+) -> Record:
     """Pay a pending order with another of the user's methods; the old one is refunded."""
     order = get_order_details(order_id, db)
     _status(order, "pending")
@@ -287,17 +313,24 @@ def modify_pending_order_payment(order_id: str, payment_method_id: str, db: Data
     payments = [p for p in order["payment_history"] if p["transaction_type"] == "payment"]
     amount = payments[0]["amount"]
     _can_pay(method, amount)
-    order["payment_history"].extend([
-        {"transaction_type": "payment", "amount": amount, "payment_method_id": payment_method_id},
-        {"transaction_type": "refund", "amount": amount, "payment_method_id": original},
-    ])  # fmt: skip
+    order["payment_history"].extend(
+        [
+            {
+                "transaction_type": "payment",
+                "amount": amount,
+                "payment_method_id": payment_method_id,
+            },
+            {"transaction_type": "refund", "amount": amount, "payment_method_id": original},
+        ]
+    )
     if method["source"] == "gift_card":
         method["balance"] = round(method["balance"] - amount, 2)
     old = db.users[order["user_id"]]["payment_methods"].get(original)
     if old is not None and old["source"] == "gift_card":
         old["balance"] = round(old["balance"] + amount, 2)
-    db.record("modify_pending_order_payment", order_id=order_id,
-              payment_method_id=payment_method_id)  # fmt: skip
+    db.record(
+        "modify_pending_order_payment", order_id=order_id, payment_method_id=payment_method_id
+    )
     return order
 
 
@@ -308,13 +341,19 @@ def modify_user_address(
     city: str,
     state: str,
     country: str,
-    zip: str,  # noqa: A002 (the tool's parameter name)
+    zip: str,
     db: Database = DB,
 ) -> Record:
     """Change the user's default address."""
     user = get_user_details(user_id, db)
-    address = {"address1": address1, "address2": address2, "city": city, "country": country,
-               "state": state, "zip": zip}  # fmt: skip
+    address = {
+        "address1": address1,
+        "address2": address2,
+        "city": city,
+        "country": country,
+        "state": state,
+        "zip": zip,
+    }
     user["address"] = address
     db.record("modify_user_address", user_id=user_id, **address)
     return user
@@ -339,8 +378,12 @@ def return_delivered_order_items(
     order["status"] = "return requested"
     order["return_items"] = sorted(item_ids)
     order["return_payment_method_id"] = payment_method_id
-    db.record("return_delivered_order_items", order_id=order_id, item_ids=list(item_ids),
-              payment_method_id=payment_method_id)  # fmt: skip
+    db.record(
+        "return_delivered_order_items",
+        order_id=order_id,
+        item_ids=list(item_ids),
+        payment_method_id=payment_method_id,
+    )
     return order
 
 
@@ -363,8 +406,13 @@ def exchange_delivered_order_items(
     order["exchange_new_items"] = [new for _, new in pairs]
     order["exchange_payment_method_id"] = payment_method_id
     order["exchange_price_difference"] = difference
-    db.record("exchange_delivered_order_items", order_id=order_id, item_ids=list(item_ids),
-              new_item_ids=list(new_item_ids), payment_method_id=payment_method_id)  # fmt: skip
+    db.record(
+        "exchange_delivered_order_items",
+        order_id=order_id,
+        item_ids=list(item_ids),
+        new_item_ids=list(new_item_ids),
+        payment_method_id=payment_method_id,
+    )
     return order
 
 
