@@ -20,7 +20,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +82,7 @@ class Commit:
         tenant: the tenant that owns the session.
         owner: the lease holder; the commit fails if the lease is no longer theirs.
         version: the version the writer read; the commit fails if it changed.
+        turns: the transcript length the writer read: the index of ``record``.
         data: the new session JSON.
         status: the new status.
         record: the transcript record to append (JSON), or ``None``.
@@ -93,6 +94,7 @@ class Commit:
     tenant: str
     owner: str
     version: int
+    turns: int
     data: str
     status: Status
     record: str | None = None
@@ -131,8 +133,11 @@ class SessionStore(Protocol):
         """Return what was answered to idempotency ``key`` of the session, if anything."""
         ...
 
-    def acquire(self, session_id: str, owner: str, ttl: float) -> bool:
-        """Take the session's write lease for ``ttl`` seconds; ``False`` if someone holds it."""
+    def acquire(self, session_id: str, owner: str, ttl: float) -> StoredSession | None:
+        """Take the session's write lease for ``ttl`` seconds and return the session.
+
+        Returns ``None`` when someone else holds the lease or there is no such session.
+        """
         ...
 
     def release(self, session_id: str, owner: str) -> None:
@@ -211,6 +216,8 @@ CREATE TABLE IF NOT EXISTS idempotency (
 """
 
 _COLUMNS = "id, tenant, policy, policy_hash, status, version, turns, data, created, updated"
+# UPDATE ... RETURNING takes the lease and reads the session in one statement (SQLite 3.35+).
+_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 
 
 class SqliteStore:
@@ -237,9 +244,17 @@ class SqliteStore:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._guard = threading.Lock()
+        # Writers of one process queue here rather than in SQLite's busy handler, which
+        # sleeps in growing steps (up to 100 ms) while the holder may only be waiting for the
+        # GIL; other processes still wait in the busy handler.
+        self._writing = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db().executescript(_SCHEMA)
+            db = self._db()
+            self._busy(db, "PRAGMA user_version")
+            with self._writing:
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    self._busy(db, statement)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open SQLite store {self.path}: {exc}") from exc
 
@@ -247,26 +262,45 @@ class SqliteStore:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
             # One connection per thread: sqlite3 connections must not be shared across threads.
+            # No busy timeout: SQLite's handler sleeps in steps of up to 100 ms, so a busy
+            # database is retried here in steps of a millisecond instead (see `_busy`).
             db = sqlite3.connect(
-                self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False
+                self.path, timeout=0, isolation_level=None, check_same_thread=False
             )
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(f"PRAGMA synchronous={self._synchronous}")
+            self._busy(db, "PRAGMA journal_mode=WAL")
+            self._busy(db, f"PRAGMA synchronous={self._synchronous}")
             self._local.db = db
             with self._guard:
                 self._connections.append(db)
         return db
 
+    def _busy(self, db: sqlite3.Connection, sql: str, values: Sequence[Any] = ()) -> Any:
+        """Execute, retrying while another process holds the database (up to ``timeout``)."""
+        deadline = time.monotonic() + self._timeout
+        pause = 0.0005
+        while True:
+            try:
+                return db.execute(sql, values)
+            except sqlite3.OperationalError as exc:
+                message = str(exc)
+                if ("locked" not in message and "busy" not in message) or (
+                    time.monotonic() > deadline
+                ):
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.005)
+
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        with self._writing:
+            self._busy(db, "BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
     @contextmanager
     def _errors(self, what: str) -> Iterator[None]:
@@ -296,56 +330,57 @@ class SqliteStore:
     def load(self, session_id: str) -> StoredSession | None:
         """Return the session or ``None``."""
         with self._errors("load"):
-            row = (
-                self._db()
-                .execute(f"SELECT {_COLUMNS} FROM sessions WHERE id = ?", (session_id,))
-                .fetchone()
-            )
+            row = self._row(self._db(), session_id)
         return None if row is None else StoredSession(*row)
 
     def transcript(self, session_id: str, start: int = 0) -> list[str]:
         """Return transcript records from ``start`` on."""
         with self._errors("transcript"):
-            rows = (
-                self._db()
-                .execute(
-                    "SELECT record FROM turns WHERE session_id = ? AND idx >= ? ORDER BY idx",
-                    (session_id, start),
-                )
-                .fetchall()
-            )
+            rows = self._busy(
+                self._db(),
+                "SELECT record FROM turns WHERE session_id = ? AND idx >= ? ORDER BY idx",
+                (session_id, start),
+            ).fetchall()
         return [row[0] for row in rows]
 
     def replay(self, session_id: str, key: str) -> Replay | None:
         """Return the record answered to ``key``, if any."""
         with self._errors("replay"):
-            row = (
-                self._db()
-                .execute(
-                    "SELECT i.digest, t.record FROM idempotency i JOIN turns t"
-                    " ON t.session_id = i.session_id AND t.idx = i.idx"
-                    " WHERE i.session_id = ? AND i.key = ?",
-                    (session_id, key),
-                )
-                .fetchone()
-            )
+            row = self._busy(
+                self._db(),
+                "SELECT i.digest, t.record FROM idempotency i JOIN turns t"
+                " ON t.session_id = i.session_id AND t.idx = i.idx"
+                " WHERE i.session_id = ? AND i.key = ?",
+                (session_id, key),
+            ).fetchone()
         return None if row is None else Replay(row[0], row[1])
 
-    def acquire(self, session_id: str, owner: str, ttl: float) -> bool:
-        """Take the lease unless an unexpired one is held by someone else."""
+    def acquire(self, session_id: str, owner: str, ttl: float) -> StoredSession | None:
+        """Take the lease unless an unexpired one is held by someone else; return the session."""
         now = time.time()
-        with self._errors("acquire"):
-            cursor = self._db().execute(
-                "UPDATE sessions SET lease_owner = ?, lease_until = ?"
-                " WHERE id = ? AND (lease_until < ? OR lease_owner = ?)",
-                (owner, now + ttl, session_id, now, owner),
-            )
-        return cursor.rowcount == 1
+        taking = (
+            "UPDATE sessions SET lease_owner = ?, lease_until = ?"
+            " WHERE id = ? AND (lease_until < ? OR lease_owner = ?)"
+        )
+        values = (owner, now + ttl, session_id, now, owner)
+        with self._errors("acquire"), self._writing:
+            db = self._db()
+            if _RETURNING:
+                row = self._busy(db, f"{taking} RETURNING {_COLUMNS}", values).fetchone()
+            else:
+                taken = self._busy(db, taking, values).rowcount == 1
+                row = self._row(db, session_id) if taken else None
+        return None if row is None else StoredSession(*row)
+
+    def _row(self, db: sqlite3.Connection, session_id: str) -> Any:
+        sql = f"SELECT {_COLUMNS} FROM sessions WHERE id = ?"
+        return self._busy(db, sql, (session_id,)).fetchone()
 
     def release(self, session_id: str, owner: str) -> None:
         """Drop the lease if ``owner`` holds it."""
-        with self._errors("release"):
-            self._db().execute(
+        with self._errors("release"), self._writing:
+            self._busy(
+                self._db(),
                 "UPDATE sessions SET lease_owner = NULL, lease_until = 0"
                 " WHERE id = ? AND lease_owner = ?",
                 (session_id, owner),
@@ -355,52 +390,46 @@ class SqliteStore:
         """Write the session, its record and key in one transaction, and release the lease."""
         c = commit
         now = time.time()
+        turns = c.turns + (1 if c.record is not None else 0)
         with self._errors("commit"), self._write() as db:
-            row = db.execute(
-                "SELECT version, turns FROM sessions"
-                " WHERE id = ? AND lease_owner = ? AND lease_until >= ?",
-                (c.session_id, c.owner, now),
-            ).fetchone()
-            if row is None or row[0] != c.version:
+            updated = db.execute(
+                "UPDATE sessions SET data = ?, status = ?, version = ?, turns = ?, updated = ?,"
+                " lease_owner = NULL, lease_until = 0"
+                " WHERE id = ? AND version = ? AND turns = ? AND lease_owner = ?"
+                " AND lease_until >= ?",
+                (c.data, c.status, c.version + 1, turns, now, c.session_id, c.version, c.turns,
+                 c.owner, now),
+            ).rowcount  # fmt: skip
+            if updated != 1:
                 return None
-            turns = row[1]
             if c.record is not None:
                 db.execute(
                     "INSERT INTO turns (session_id, idx, record) VALUES (?, ?, ?)",
-                    (c.session_id, turns, c.record),
+                    (c.session_id, c.turns, c.record),
                 )
                 if c.idempotency_key is not None:
                     db.execute(
                         "INSERT OR REPLACE INTO idempotency (session_id, key, digest, idx)"
                         " VALUES (?, ?, ?, ?)",
-                        (c.session_id, c.idempotency_key, c.digest, turns),
+                        (c.session_id, c.idempotency_key, c.digest, c.turns),
                     )
-                turns += 1
-            db.execute(
-                "UPDATE sessions SET data = ?, status = ?, version = ?, turns = ?, updated = ?,"
-                " lease_owner = NULL, lease_until = 0 WHERE id = ?",
-                (c.data, c.status, c.version + 1, turns, now, c.session_id),
-            )
         return c.version + 1
 
     def handoffs(self, tenant: str, limit: int = 100) -> list[StoredSession]:
         """Return the tenant's sessions in ``handoff``, oldest first."""
         with self._errors("handoffs"):
-            rows = (
-                self._db()
-                .execute(
-                    f"SELECT {_COLUMNS} FROM sessions WHERE tenant = ? AND status = 'handoff'"
-                    " ORDER BY updated LIMIT ?",
-                    (tenant, limit),
-                )
-                .fetchall()
-            )
+            rows = self._busy(
+                self._db(),
+                f"SELECT {_COLUMNS} FROM sessions WHERE tenant = ? AND status = 'handoff'"
+                " ORDER BY updated LIMIT ?",
+                (tenant, limit),
+            ).fetchall()
         return [StoredSession(*row) for row in rows]
 
     def ping(self) -> None:
         """Run a trivial query."""
         with self._errors("ping"):
-            self._db().execute("SELECT 1").fetchone()
+            self._busy(self._db(), "SELECT 1").fetchone()
 
     def close(self) -> None:
         """Close every thread's connection."""
@@ -415,12 +444,13 @@ class SqliteStore:
 
 # KEYS: session hash, transcript list, idempotency hash, lease, tenant's handoff set.
 # ARGV: owner, version read, data, status, now, record ('' for none), key ('' for none), digest,
-# session id.
+# session id, transcript length read.
 _COMMIT = """
 if redis.call('GET', KEYS[4]) ~= ARGV[1] then return -1 end
 local version = redis.call('HGET', KEYS[1], 'version')
 if version ~= ARGV[2] then return -2 end
 local turns = tonumber(redis.call('HGET', KEYS[1], 'turns'))
+if turns ~= tonumber(ARGV[10]) then return -3 end
 if ARGV[6] ~= '' then
     redis.call('RPUSH', KEYS[2], ARGV[6])
     if ARGV[7] ~= '' then
@@ -529,11 +559,7 @@ class RedisStore:
             values = self._client.hmget(key, list(_FIELDS))
         if values[0] is None or values[6] is None:
             return None
-        tenant, policy, policy_hash, status, version, turns, data, created, updated = values
-        return StoredSession(
-            session_id, tenant, policy, policy_hash, status, int(version), int(turns), data,
-            float(created), float(updated),
-        )  # fmt: skip
+        return self._stored(session_id, values)
 
     def transcript(self, session_id: str, start: int = 0) -> list[str]:
         """Return transcript records from ``start`` on."""
@@ -552,13 +578,28 @@ class RedisStore:
             record: str | None = self._client.lindex(turns, int(index))
         return None if record is None else Replay(digest, record)
 
-    def acquire(self, session_id: str, owner: str, ttl: float) -> bool:
-        """Take the lease unless someone else holds it."""
+    def acquire(self, session_id: str, owner: str, ttl: float) -> StoredSession | None:
+        """Take the lease unless someone else holds it; return the session (one round trip)."""
+        key, _, _, lease = self._keys(session_id)
         with self._errors("acquire"):
-            taken = self._client.set(
-                self._keys(session_id)[3], owner, nx=True, px=max(1, int(ttl * 1000))
-            )
-        return bool(taken)
+            pipe = self._client.pipeline(transaction=False)
+            pipe.set(lease, owner, nx=True, px=max(1, int(ttl * 1000)))
+            pipe.hmget(key, list(_FIELDS))
+            taken, values = pipe.execute()
+            if not taken:
+                return None
+            if values[0] is None or values[6] is None:
+                self._release(keys=[lease], args=[owner])
+                return None
+        return self._stored(session_id, values)
+
+    @staticmethod
+    def _stored(session_id: str, values: list[Any]) -> StoredSession:
+        tenant, policy, policy_hash, status, version, turns, data, created, updated = values
+        return StoredSession(
+            session_id, tenant, policy, policy_hash, status, int(version), int(turns), data,
+            float(created), float(updated),
+        )  # fmt: skip
 
     def release(self, session_id: str, owner: str) -> None:
         """Drop the lease if ``owner`` holds it."""
@@ -571,7 +612,7 @@ class RedisStore:
         keys = [*self._keys(c.session_id), f"{self.prefix}h:{c.tenant}"]
         args = [
             c.owner, c.version, c.data, c.status, repr(time.time()), c.record or "",
-            c.idempotency_key or "", c.digest, c.session_id,
+            c.idempotency_key or "", c.digest, c.session_id, c.turns,
         ]  # fmt: skip
         with self._errors("commit"):
             result = int(self._commit(keys=keys, args=args))  # type: ignore[arg-type]

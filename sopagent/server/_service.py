@@ -228,42 +228,25 @@ class Service:
                 "invalid_idempotency_key",
                 "Idempotency-Key is 1 to 255 printable ASCII characters without spaces",
             )
-        stored = self._owned(key, session_id)
         digest = _digest(text, intent)
-        if idempotency_key is not None:
-            replayed = self._replay(session_id, idempotency_key, digest)
-            if replayed is not None:
-                return replayed, True
-        served = self._runnable(stored)
-        if intent is not None and intent not in served.intents:
-            raise ApiError(422, "unknown_intent", f"{intent!r} is not an intent of {served.name}")
         owner = f"{self.worker}:{request_id}"
-        if not self.store.acquire(session_id, owner, self.lock_ttl):
-            raise ApiError(
-                409,
-                "session_busy",
-                "another message to this session is being answered; retry with the same"
-                " Idempotency-Key",
-                headers={"Retry-After": "1"},
-            )
+        stored = self._lease(key, session_id, owner, digest, idempotency_key)
+        if isinstance(stored, str):
+            return stored, True
         committed = False
         token = _REQUEST.set({"request_id": request_id, "tenant": key.tenant, "key_id": key.id})
         try:
-            fresh = self.store.load(session_id)
-            if fresh is None:
-                raise ApiError(404, "session_not_found", f"no session {session_id}")
-            stored = fresh
-            if idempotency_key is not None:
-                replayed = self._replay(session_id, idempotency_key, digest)
-                if replayed is not None:
-                    return replayed, True
             served = self._runnable(stored)
+            if intent is not None and intent not in served.intents:
+                raise ApiError(
+                    422, "unknown_intent", f"{intent!r} is not an intent of {served.name}"
+                )
             session = _restore(stored)
             try:
                 turn = served.agent.respond(session, text, intent=intent)
             except SessionError as exc:
                 raise ApiError(409, "session_invalid", str(exc)) from exc
-            except Exception as exc:
+            except Exception as exc:  # the user's message is kept, see _fault
                 session = _restore(stored)
                 turn = self._fault(served, session, text, exc)
             status = self._status(served, session, turn)
@@ -276,6 +259,7 @@ class Service:
                     tenant=stored.tenant,
                     owner=owner,
                     version=stored.version,
+                    turns=stored.turns,
                     data=session.to_json(),
                     status=status,
                     record=record,
@@ -298,6 +282,47 @@ class Service:
             _REQUEST.reset(token)
             if not committed:
                 self.store.release(session_id, owner)
+
+    def _lease(
+        self,
+        key: ApiKey,
+        session_id: str,
+        owner: str,
+        digest: str = "",
+        idempotency_key: str | None = None,
+    ) -> StoredSession | str:
+        """Take the session's lease for ``key``'s tenant; or the replayed answer to the key.
+
+        One store call on the usual path: taking the lease also reads the session.
+        """
+        stored = self.store.acquire(session_id, owner, self.lock_ttl) if _SESSION_ID.match(
+            session_id
+        ) else None
+        if stored is None:
+            self._owned(key, session_id)  # 404 / 403 when it is not the caller's
+            if idempotency_key is not None:
+                replayed = self._replay(session_id, idempotency_key, digest)
+                if replayed is not None:
+                    return replayed
+            raise ApiError(
+                409,
+                "session_busy",
+                "another message to this session is being answered; retry with the same"
+                " Idempotency-Key",
+                headers={"Retry-After": "1"},
+            )
+        try:
+            if stored.tenant != key.tenant or not key.allows(stored.policy):
+                self._owned(key, session_id)
+            if idempotency_key is not None:
+                replayed = self._replay(session_id, idempotency_key, digest)
+                if replayed is not None:
+                    self.store.release(session_id, owner)
+                    return replayed
+        except BaseException:
+            self.store.release(session_id, owner)
+            raise
+        return stored
 
     def session(self, key: ApiKey, session_id: str) -> str:
         """Return the session's public view (JSON)."""
@@ -336,39 +361,32 @@ class Service:
         if stored.status == "ended":
             return self.session(key, session_id)
         owner = f"{self.worker}:{request_id}"
-        if not self.store.acquire(session_id, owner, self.lock_ttl):
-            raise ApiError(
-                409,
-                "session_busy",
-                "a message to this session is being answered",
-                headers={"Retry-After": "1"},
-            )
+        fresh = self._lease(key, session_id, owner)
+        assert not isinstance(fresh, str)
         committed = False
         try:
-            fresh = self.store.load(session_id)
-            if fresh is None:
-                raise ApiError(404, "session_not_found", f"no session {session_id}")
             session = _restore(fresh)
             session.ended = True
             version = self.store.commit(
-                Commit(session_id, fresh.tenant, owner, fresh.version, session.to_json(), "ended")
+                Commit(
+                    session_id=session_id,
+                    tenant=fresh.tenant,
+                    owner=owner,
+                    version=fresh.version,
+                    turns=fresh.turns,
+                    data=session.to_json(),
+                    status="ended",
+                )
             )
             if version is None:
-                raise ApiError(
-                    409, "session_busy", "the session changed; retry", headers={"Retry-After": "1"}
-                )
+                raise ApiError(409, "session_busy", "the session changed; retry",
+                               headers={"Retry-After": "1"})  # fmt: skip
             committed = True
         finally:
             if not committed:
                 self.store.release(session_id, owner)
-        self._event(
-            "session_ended",
-            request_id=request_id,
-            tenant=key.tenant,
-            key_id=key.id,
-            session_id=session_id,
-            previous_status=fresh.status,
-        )
+        self._event("session_ended", request_id=request_id, tenant=key.tenant, key_id=key.id,
+                    session_id=session_id, previous_status=fresh.status)  # fmt: skip
         return self.session(key, session_id)
 
     def handoffs(self, key: ApiKey, limit: int) -> str:

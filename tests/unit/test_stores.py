@@ -55,6 +55,7 @@ def _commit(stored: StoredSession, owner: str, **changes: object) -> Commit:
         "tenant": stored.tenant,
         "owner": owner,
         "version": stored.version,
+        "turns": stored.turns,
         "data": '{"state": "next"}',
         "status": "active",
         "record": '{"turn": 1}',
@@ -77,8 +78,9 @@ def test_create_then_load_round_trips(store: SessionStore) -> None:
 
 
 def test_missing_session_loads_as_none(store: SessionStore) -> None:
-    """An unknown id is None, with an empty transcript and no replay."""
+    """An unknown id is None, with an empty transcript, no replay and no lease."""
     assert store.load("f" * 32) is None
+    assert store.acquire("f" * 32, "a", 10) is None
     assert store.transcript("f" * 32) == []
     assert store.replay("f" * 32, "key") is None
 
@@ -95,7 +97,9 @@ def test_lease_is_exclusive_until_released(store: SessionStore) -> None:
     """One owner holds the lease; another is refused until it is released."""
     stored = _session()
     store.create(stored, "{}")
-    assert store.acquire(stored.id, "a", 10)
+    taken = store.acquire(stored.id, "a", 10)
+    assert taken is not None
+    assert (taken.id, taken.version, taken.data) == (stored.id, 1, stored.data)
     assert not store.acquire(stored.id, "b", 10)
     store.release(stored.id, "b")  # not b's: nothing happens
     assert not store.acquire(stored.id, "b", 10)
@@ -139,12 +143,14 @@ def test_commit_without_the_lease_writes_nothing(store: SessionStore) -> None:
 
 
 def test_commit_on_a_stale_version_writes_nothing(store: SessionStore) -> None:
-    """A writer that read an older version cannot overwrite a newer one."""
+    """A writer that read an older version or transcript cannot overwrite a newer one."""
     stored = _session()
     store.create(stored, "{}")
     assert store.acquire(stored.id, "a", 10)
     assert store.commit(_commit(stored, "a", version=7)) is None
+    assert store.commit(_commit(stored, "a", turns=5)) is None
     assert store.transcript(stored.id) == ["{}"]
+    assert store.commit(_commit(stored, "a")) == 2
 
 
 def test_idempotency_key_replays_its_record(store: SessionStore) -> None:
@@ -184,10 +190,9 @@ def test_concurrent_writers_never_interleave(store: SessionStore) -> None:
 
     def writer(name: str) -> None:
         for _ in range(20):
-            if not store.acquire(stored.id, name, 5):
+            current = store.acquire(stored.id, name, 5)
+            if current is None:
                 continue
-            current = store.load(stored.id)
-            assert current is not None
             version = store.commit(
                 _commit(current, name, record=f'"{current.turns}"', data=f'"{name}"')
             )
