@@ -121,11 +121,14 @@ def verify(server: Server, record: Round, states: set[str]) -> dict[str, int]:
                 counts["corrupt"] += 1
         for sent in record.acknowledged:
             records = transcripts.get(sent.session_id, [])
-            if sent.index is None or sent.index >= len(records):
+            stored = (
+                records[sent.index]
+                if sent.index is not None and sent.index < len(records)
+                else None
+            )
+            if stored is None or stored["turn"]["user_text"] != sent.text:
                 counts["lost"] += 1
-            elif records[sent.index]["turn"]["user_text"] != sent.text:
-                counts["lost"] += 1
-        time.sleep(server_lock_ttl + 0.2)  # leases of the killed server expire
+        await asyncio.sleep(server_lock_ttl + 0.2)  # leases of the killed server expire
         for sent in record.in_flight:
             attempt = uuid.uuid4().hex
             status, body = await connection.request(
@@ -163,8 +166,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    from sopagent import compile_policy, load_policy  # noqa: PLC0415
     from _serve import RETAIL  # noqa: PLC0415
+
+    from sopagent import compile_policy, load_policy  # noqa: PLC0415
 
     states = set(compile_policy(load_policy(RETAIL)).states)
     chance = random.Random(args.seed)
@@ -178,9 +182,7 @@ def main() -> None:
         store = redis.url if redis else str(directory / "sessions.db")
         try:
             for number in range(args.rounds):
-                server = Server.start(
-                    store, directory, extra=("--lock-ttl", str(server_lock_ttl))
-                )
+                server = Server.start(store, directory, extra=("--lock-ttl", str(server_lock_ttl)))
                 record = load_then_kill(server, args.users, chance.uniform(1.0, 3.0))
                 server.restart()
                 counts = verify(server, record, states)

@@ -72,7 +72,9 @@ async def _user(port: int, stop_at: float, warm_until: float, out: dict[str, lis
         connection.close()
 
 
-async def _echo_user(port: int, stop_at: float, warm_until: float, out: dict[str, list[float]]) -> None:
+async def _echo_user(
+    port: int, stop_at: float, warm_until: float, out: dict[str, list[float]]
+) -> None:
     connection = Connection(port)
     try:
         while time.perf_counter() < stop_at:

@@ -110,8 +110,9 @@ def main() -> None:
         what = "SQLite file" if store_kind == "sqlite" else "Redis used_memory"
         rows.append(row(f"{what} per idle session", per_store / 1024, "KiB", n=n,
                         baseline=json_bytes / 1024, baseline_name="its Session JSON"))  # fmt: skip
+        note = f"RSS {rss_before / 2**20:.0f} -> {rss_after / 2**20:.0f} MiB"
         rows.append(row(f"worker RSS per idle session ({store_kind})", per_worker / 1024, "KiB",
-                        n=n, note=f"RSS {rss_before / 2**20:.0f} -> {rss_after / 2**20:.0f} MiB"))  # fmt: skip
+                        n=n, note=note))  # fmt: skip
     rows.append(row("Session object kept in memory", object_bytes / 1024, "KiB",
                     baseline=json_bytes / 1024, baseline_name="its JSON"))  # fmt: skip
     results["session_object_bytes"] = object_bytes

@@ -556,25 +556,15 @@ def accept_variant(ctx: Context) -> Outcome:
 _EXPLICIT = re.compile(r"(paypal|credit_card|gift_card)_\d+")
 
 
-@decision(
-    outcomes=[
-        "return_ok",
-        "exchange_ok",
-        "modify_items_ok",
-        "payment_change_ok",
-        "not_found",
-        "ambiguous",
-        "not_allowed",
-        "insufficient",
-        "same_method",
-    ]
-)
-def resolve_payment(ctx: Context) -> Outcome:
-    """Turn what the user said into one of their payment methods and check the rules."""
+def _method(ctx: Context) -> tuple[Record | None, str, Record]:
+    """The user's payment method that the ``payment`` slot names.
+
+    Returns the method (or ``None``), ``"not_found"`` / ``"ambiguous"`` / ``""``, and the
+    order's original payment method.
+    """
     said = ctx.slots.get("payment", "").lower()
     order = _order(ctx)
-    user = tools.get_user_details(order["user_id"])
-    methods: dict[str, Record] = user["payment_methods"]
+    methods: dict[str, Record] = tools.get_user_details(order["user_id"])["payment_methods"]
     original = _original_method(order)
     explicit = _EXPLICIT.search(said)
     if explicit:
@@ -589,28 +579,55 @@ def resolve_payment(ctx: Context) -> Outcome:
         else:
             source = "credit_card"
         candidates = [m for m in methods.values() if m["source"] == source]
-    forget = {"payment": None}
     if not candidates:
-        return Outcome("not_found", slots=forget)
+        return None, "not_found", original
     if len(candidates) > 1:
-        return Outcome("ambiguous", slots=forget)
-    (method,) = candidates
-    facts: dict[str, Any] = {"payment_method_id": method["id"], "payment_label": _label(method)}
-    request = ctx.facts["request"]
-    if request == "return":
-        if method["id"] != original["id"] and method["source"] != "gift_card":
-            return Outcome("not_allowed", slots=forget)
-        return Outcome("return_ok", facts=facts)
-    if request == "modify_payment":
-        if method["id"] == original["id"]:
-            return Outcome("same_method", slots=forget)
-        if method["source"] == "gift_card" and method["balance"] < _paid(order):
-            return Outcome("insufficient", slots=forget)
-        return Outcome("payment_change_ok", facts=facts)
-    difference = _difference(ctx, order)
+        return None, "ambiguous", original
+    return candidates[0], "", original
+
+
+def _chosen(method: Record) -> dict[str, Any]:
+    return {"payment_method_id": method["id"], "payment_label": _label(method)}
+
+
+_FORGET_PAYMENT = {"payment": None}
+
+
+@decision(outcomes=["ok", "not_found", "ambiguous", "insufficient", "same_method"])
+def resolve_new_payment(ctx: Context) -> Outcome:
+    """The method a pending order should be paid with: another one, covering the total."""
+    method, problem, original = _method(ctx)
+    if method is None:
+        return Outcome(problem, slots=_FORGET_PAYMENT)
+    if method["id"] == original["id"]:
+        return Outcome("same_method", slots=_FORGET_PAYMENT)
+    if method["source"] == "gift_card" and method["balance"] < _paid(_order(ctx)):
+        return Outcome("insufficient", slots=_FORGET_PAYMENT)
+    return Outcome("ok", facts=_chosen(method))
+
+
+@decision(outcomes=["ok", "not_found", "ambiguous", "not_allowed"])
+def resolve_refund(ctx: Context) -> Outcome:
+    """Where a return's refund goes: the original method or one of the user's gift cards."""
+    method, problem, original = _method(ctx)
+    if method is None:
+        return Outcome(problem, slots=_FORGET_PAYMENT)
+    if method["id"] != original["id"] and method["source"] != "gift_card":
+        return Outcome("not_allowed", slots=_FORGET_PAYMENT)
+    return Outcome("ok", facts=_chosen(method))
+
+
+@decision(outcomes=["exchange_ok", "modify_ok", "not_found", "ambiguous", "insufficient"])
+def resolve_difference(ctx: Context) -> Outcome:
+    """The method that pays or receives a swap's price difference; a gift card must cover it."""
+    method, problem, _ = _method(ctx)
+    if method is None:
+        return Outcome(problem, slots=_FORGET_PAYMENT)
+    difference = _difference(ctx, _order(ctx))
     if method["source"] == "gift_card" and difference > 0 and method["balance"] < difference:
-        return Outcome("insufficient", slots=forget)
-    return Outcome("exchange_ok" if request == "exchange" else "modify_items_ok", facts=facts)
+        return Outcome("insufficient", slots=_FORGET_PAYMENT)
+    outcome = "exchange_ok" if ctx.facts["request"] == "exchange" else "modify_ok"
+    return Outcome(outcome, facts=_chosen(method))
 
 
 def _difference(ctx: Context, order: Mapping[str, Any]) -> float:
@@ -652,15 +669,14 @@ def _parse_address(text: str) -> dict[str, str] | None:
     }
 
 
-@decision(outcomes=["order_address", "user_address", "order_invalid", "user_invalid"])
+@decision(outcomes=["ok", "invalid"])
 def parse_address(ctx: Context) -> Outcome:
-    """Split the address into its lines; the order's or the user's default, by request."""
+    """Split the address into its lines: street, second line, city, state, zip, country."""
     parsed = _parse_address(ctx.slots.get("address", ""))
-    kind = "user" if ctx.facts["request"] == "user_address" else "order"
     if parsed is None:
-        return Outcome(f"{kind}_invalid", slots={"address": None})
+        return Outcome("invalid", slots={"address": None})
     shown = ", ".join(v for v in parsed.values() if v)
-    return Outcome(f"{kind}_address", facts={"address_text": shown})
+    return Outcome("ok", facts={"address_text": shown})
 
 
 # --- the writes (reached only through a confirmation) ------------------------------------------

@@ -208,8 +208,8 @@ def _request_id(request: Request) -> str:
     return found
 
 
-class _LimitBody:
-    """Refuse request bodies over ``MAX_BODY`` bytes with 413, before they are read whole."""
+class _Envelope:
+    """Give every response an ``X-Request-ID``, and refuse bodies over ``MAX_BODY`` with 413."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -221,11 +221,9 @@ class _LimitBody:
         for name, value in scope.get("headers", ()):
             if name == b"content-length" and value.isdigit() and int(value) > MAX_BODY:
                 response = _error(
-                    413,
-                    "body_too_large",
-                    f"bodies are limited to {MAX_BODY} bytes",
+                    413, "body_too_large", f"bodies are limited to {MAX_BODY} bytes",
                     uuid.uuid4().hex,
-                )
+                )  # fmt: skip
                 await response(scope, receive, send)
                 return
         seen = 0
@@ -238,7 +236,17 @@ class _LimitBody:
                 raise ApiError(413, "body_too_large", f"bodies are limited to {MAX_BODY} bytes")
             return message
 
-        await self.app(scope, limited, send)
+        async def identified(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                if not any(name.lower() == b"x-request-id" for name, _ in headers):
+                    state = scope.get("state") or {}
+                    given = state.get("request_id") or uuid.uuid4().hex
+                    headers.append((b"x-request-id", given.encode()))
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, limited, identified)
 
 
 def create_app(service: Service, *, on_shutdown: Callable[[], None] | None = None) -> FastAPI:
@@ -439,5 +447,5 @@ def create_app(service: Service, *, on_shutdown: Callable[[], None] | None = Non
     ) -> Response:
         return reply(service.handoffs(key, limit), request)
 
-    app.add_middleware(_LimitBody)
+    app.add_middleware(_Envelope)
     return app

@@ -250,3 +250,121 @@ def test_consequential_states_are_entered_only_after_a_yes() -> None:
             if consequential.intersection(turn.path):
                 assert turn.state_before.startswith("confirm_"), (index, turn.state_before)
                 assert turn.intent == "affirm", (index, turn.user_text)
+
+
+# --- the invariants of docs/retail.md, on the compiled machine's graph -----------------------
+
+CONFIRMATIONS = {
+    "do_cancel": "confirm_cancel",
+    "do_modify_address": "confirm_order_address",
+    "do_modify_user_address": "confirm_user_address",
+    "do_modify_payment": "confirm_payment",
+    "do_modify_items": "confirm_modify_items",
+    "do_return": "confirm_return",
+    "do_exchange": "confirm_exchange",
+}
+
+
+def _edges() -> list[tuple[str, str, str]]:
+    config = _compiled().machine_config()
+    return [(t["source"], t["trigger"], t["dest"]) for t in config["transitions"]]
+
+
+def _reachable(edges: list[tuple[str, str, str]], start: str = "welcome") -> set[str]:
+    seen, todo = {start}, [start]
+    while todo:
+        here = todo.pop()
+        for source, _, dest in edges:
+            if source == here and dest not in seen:
+                seen.add(dest)
+                todo.append(dest)
+    return seen
+
+
+def test_invariant_authentication_first() -> None:
+    """Without find_user's `found`, only identification, transfer and goodbye are reachable."""
+    edges = [e for e in _edges() if e[:2] != ("find_user", "outcome:found")]
+    assert _reachable(edges) == {
+        "welcome", "identify", "find_user", "confirm_transfer_unidentified", "do_transfer",
+        "transferred", "closed",
+    }  # fmt: skip
+
+
+def test_invariant_consequential_states_only_after_affirm() -> None:
+    """Each consequential state's only way in is `affirm` from its confirmation state."""
+    policy = _compiled().policy
+    assert {n for n, s in policy.states.items() if s.consequential} == set(CONFIRMATIONS)
+    for action, confirmation in CONFIRMATIONS.items():
+        incoming = [(s, t) for s, t, d in _edges() if d == action]
+        assert incoming == [(confirmation, "intent:affirm")], action
+        state = policy.states[confirmation]
+        assert state.on["deny"].to == "drop"
+        assert state.fallback is not None
+        assert state.fallback.to is None
+
+
+def test_invariant_orders_and_payments_checked_before_confirming() -> None:
+    """Every path to an order confirmation passes check_order's outcome, and resolve_payment's."""
+    checks = {
+        "confirm_cancel": ("check_order", "outcome:cancel_ok"),
+        "confirm_order_address": ("check_order", "outcome:address_ok"),
+        "confirm_payment": ("check_order", "outcome:payment_ok"),
+        "confirm_modify_items": ("check_order", "outcome:items_ok"),
+        "confirm_return": ("check_order", "outcome:items_ok"),
+        "confirm_exchange": ("check_order", "outcome:items_ok"),
+    }
+    resolvers = {
+        "confirm_payment": "resolve_new_payment",
+        "confirm_return": "resolve_refund",
+        "confirm_exchange": "resolve_difference",
+        "confirm_modify_items": "resolve_difference",
+    }
+    for confirmation, cut in checks.items():
+        assert confirmation not in _reachable([e for e in _edges() if e[:2] != cut])
+        if confirmation in resolvers:
+            resolver = resolvers[confirmation]
+            kept = [e for e in _edges() if not (e[0] == resolver and e[2] == confirmation)]
+            assert confirmation not in _reachable(kept)
+
+
+def test_invariant_confirmations_name_the_details() -> None:
+    """The line said on entering each confirmation names the order and what will change."""
+    compiled = _compiled()
+    needed = {
+        "confirm_cancel": {"order_ref", "order_items", "reason", "refund_note"},
+        "confirm_order_address": {"order_ref", "address_text"},
+        "confirm_user_address": {"address_text"},
+        "confirm_payment": {"order_ref", "payment_label"},
+        "confirm_modify_items": {"order_ref", "changes", "payment_label"},
+        "confirm_return": {"order_ref", "selected_items", "payment_label"},
+        "confirm_exchange": {"order_ref", "changes", "payment_label"},
+    }
+    for confirmation, names in needed.items():
+        (line,) = compiled.policy.states[confirmation].say
+        assert names <= set(compiled.templates[line].placeholders), confirmation
+
+
+def test_invariant_one_user_per_conversation() -> None:
+    """After the menu, identification is never reachable and identity slots never collected."""
+    after = _reachable(_edges(), "menu")
+    assert "identify" not in after
+    states = _compiled().policy.states
+    assert not any({"email", "full_name", "zip"} & set(states[n].collect) for n in after)
+
+
+def test_invariant_transfers_are_asked_for_and_end_in_handoff() -> None:
+    """do_transfer follows a yes (or a request for a person) only; it ends in a handoff."""
+    incoming = sorted((s, t) for s, t, d in _edges() if d == "do_transfer")
+    assert incoming == [
+        ("confirm_transfer", "intent:affirm"), ("confirm_transfer", "intent:talk_to_human"),
+        ("confirm_transfer_unidentified", "intent:affirm"),
+        ("confirm_transfer_unidentified", "intent:talk_to_human"),
+        ("offer_transfer", "intent:affirm"),
+    ]  # fmt: skip
+    assert {t for s, t, d in _edges() if d == "offer_transfer" and s != "offer_transfer"} == {
+        "fallback"
+    }
+    assert {d for s, _, d in _edges() if s == "do_transfer"} == {"transferred"}
+    transferred = _compiled().policy.states["transferred"]
+    assert transferred.terminal
+    assert transferred.handoff
