@@ -23,7 +23,6 @@ import asyncio
 import random
 import sys
 import tempfile
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
