@@ -170,6 +170,10 @@ class Server:
                     total += int(line.split()[1]) * 1024
         return total
 
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the server process and its workers."""
+        return cpu_seconds(self.process.pid)
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -188,6 +192,18 @@ def _spawn(port: int, args: Sequence[str], directory: Path) -> subprocess.Popen[
     command = [PYTHON, "-m", "sopagent", "serve", str(RETAIL), "--port", str(port), *args]
     log = (directory / "server.log").open("ab")
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process and its live children, in seconds."""
+    total = 0
+    for each in (pid, *_children(pid)):
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _children(pid: int) -> list[int]:

@@ -38,6 +38,7 @@ from _serve import (
     Machine,
     Redis,
     Server,
+    cpu_seconds,
     free_port,
     message,
     start_echo,
@@ -86,19 +87,37 @@ async def _echo_user(
         connection.close()
 
 
-def drive(port: int, users: int, seconds: float, *, echo: bool = False) -> dict[str, Any]:
-    """Run ``users`` virtual users for ``seconds`` (plus a 1 s warm-up); return the figures."""
+def drive(
+    port: int, users: int, seconds: float, *, echo: bool = False, pid: int | None = None
+) -> dict[str, Any]:
+    """Run ``users`` virtual users for ``seconds`` (plus a 1 s warm-up); return the figures.
+
+    With ``pid``, also the CPU time the server process used in the measured part, so that
+    throughput can be given per CPU-second of the server, which contention on a shared
+    machine does not change.
+    """
     out: dict[str, list[Any]] = {"latency": [], "errors": []}
+    cpu: dict[str, float] = {}
 
     async def main() -> None:
         now = time.perf_counter()
         warm_until, stop_at = now + 1.0, now + 1.0 + seconds
         user = _echo_user if echo else _user
-        await asyncio.gather(*(user(port, stop_at, warm_until, out) for _ in range(users)))
+
+        async def meter() -> None:
+            await asyncio.sleep(max(0.0, warm_until - time.perf_counter()))
+            cpu["start"] = cpu_seconds(pid) if pid else 0.0
+            await asyncio.sleep(max(0.0, stop_at - time.perf_counter()))
+            cpu["end"] = cpu_seconds(pid) if pid else 0.0
+
+        await asyncio.gather(meter(), *(user(port, stop_at, warm_until, out) for _ in range(users)))
 
     asyncio.run(main())
     latency = out["latency"]
+    server_cpu = cpu.get("end", 0.0) - cpu.get("start", 0.0)
     return {
+        "server_cpu_s": server_cpu,
+        "turns_per_cpu_s": len(latency) / server_cpu if server_cpu > 0 else 0.0,
         "turns": len(latency),
         "turns_per_s": len(latency) / seconds,
         "p50_ms": percentile(latency, 0.50) * 1000 if latency else 0.0,
@@ -147,7 +166,7 @@ def main() -> None:
     process = start_echo(port)
     try:
         for users in args.levels:
-            echo[users] = drive(port, users, args.seconds, echo=True)
+            echo[users] = drive(port, users, args.seconds, echo=True, pid=process.pid)
             print(f"echo x{users}: {echo[users]}", file=sys.stderr)
     finally:
         process.terminate()
@@ -162,13 +181,18 @@ def main() -> None:
         server = Server.start(store, directory, workers=args.workers)
         try:
             for users in args.levels:
-                figures = drive(server.port, users, args.seconds)
+                figures = drive(server.port, users, args.seconds, pid=server.process.pid)
                 results["levels"][f"{store_kind}x{users}"] = figures
                 print(f"{store_kind} x{users}: {figures}", file=sys.stderr)
                 name = f"{store_kind}, {users} session{'s' if users > 1 else ''}"
                 rows.append(row(
                     f"{name}: turns/s", figures["turns_per_s"], "turns/s",
                     baseline=echo[users]["turns_per_s"], baseline_name="echo req/s",
+                    n=figures["turns"],
+                ))  # fmt: skip
+                rows.append(row(
+                    f"{name}: turns per server CPU-second", figures["turns_per_cpu_s"], "turns",
+                    baseline=echo[users]["turns_per_cpu_s"], baseline_name="echo",
                     n=figures["turns"],
                 ))  # fmt: skip
                 rows.append(row(

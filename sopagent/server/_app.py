@@ -313,7 +313,9 @@ def create_app(service: Service, *, on_shutdown: Callable[[], None] | None = Non
             headers=dict(exc.headers or {}),
         )
 
-    def caller(
+    # async, so that FastAPI runs it on the event loop: a sync dependency would cost every
+    # request a second trip through the thread pool, for a hash and a dictionary look-up.
+    async def caller(
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
         x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
