@@ -1108,6 +1108,10 @@ def serve(
     lock_ttl: Annotated[
         float, typer.Option(min=0.1, help="Seconds a turn may hold a session's lease.")
     ] = 15.0,
+    backend_timeout: Annotated[
+        float,
+        typer.Option(min=0.1, help="Seconds one call to a remote model (openai) may take."),
+    ] = 10.0,
     access_log: Annotated[bool, typer.Option(help="Log every request on stderr.")] = False,
 ) -> None:
     """Serve policies over HTTP: sessions in SQLite or Redis, API keys, audit, handoffs.
@@ -1142,6 +1146,7 @@ def serve(
         script=str(script) if script is not None else None,
         workers=workers,
         lock_ttl=lock_ttl,
+        backend_timeout=backend_timeout,
         access_log=access_log,
     )
 

@@ -54,6 +54,8 @@ class ServeConfig:
         script: the scripted backend's script file.
         workers: worker processes.
         lock_ttl: seconds a turn may hold a session's lease.
+        backend_timeout: seconds one call to a remote model (``openai``) may take; below
+            ``lock_ttl``, so that a slow model yields the error line, not a lost lease.
         access_log: log every request on standard error.
     """
 
@@ -71,6 +73,7 @@ class ServeConfig:
     script: str | None = None
     workers: int = 1
     lock_ttl: float = 15.0
+    backend_timeout: float = 10.0
     access_log: bool = False
 
     def to_json(self) -> str:
@@ -100,7 +103,7 @@ def _backend(config: ServeConfig, compiled: Sequence[CompiledPolicy]) -> Backend
     if config.script is not None:
         raise ConfigError("--script is for --backend scripted")
     if config.backend == "openai":
-        return _openai()
+        return _openai(config.backend_timeout)
     if config.backend == "embedded":
         import sopagent  # noqa: PLC0415
 
@@ -147,7 +150,7 @@ def _scripted(path: Path, compiled: Sequence[CompiledPolicy]) -> Backend:
     return backend
 
 
-def _openai() -> Backend:
+def _openai(timeout: float) -> Backend:
     model = os.environ.get("SOPAGENT_OPENAI_MODEL")
     if not model:
         raise ConfigError("set SOPAGENT_OPENAI_MODEL to the model name the server knows")
@@ -158,7 +161,10 @@ def _openai() -> Backend:
 
     from sopagent.backends.openai import from_openai  # noqa: PLC0415
 
-    client = openai.OpenAI(api_key=os.environ.get("OPENAI_API_KEY") or "unused")
+    # The SDK's own timeout and retry, per request: concurrent turns do not wait on each other.
+    client = openai.OpenAI(
+        api_key=os.environ.get("OPENAI_API_KEY") or "unused", timeout=timeout, max_retries=1
+    )
     return from_openai(client, model=model, dialect=dialect)  # type: ignore[arg-type]
 
 
@@ -206,6 +212,8 @@ def build_service(
         raise ConfigError("--keys FILE is required: no key, no access (see sopagent new-key)")
     if config.handoff_webhook and config.handoff_stream:
         raise ConfigError("use one of --handoff-webhook and --handoff-stream")
+    if config.backend == "openai" and config.backend_timeout >= config.lock_ttl:
+        raise ConfigError("--backend-timeout must be shorter than --lock-ttl")
     compiled = _compile_all(config.policies)
     keys = KeyRing.from_file(config.keys)
     backend = _backend(config, compiled)

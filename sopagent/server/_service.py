@@ -295,9 +295,11 @@ class Service:
 
         One store call on the usual path: taking the lease also reads the session.
         """
-        stored = self.store.acquire(session_id, owner, self.lock_ttl) if _SESSION_ID.match(
-            session_id
-        ) else None
+        stored = (
+            self.store.acquire(session_id, owner, self.lock_ttl)
+            if _SESSION_ID.match(session_id)
+            else None
+        )
         if stored is None:
             self._owned(key, session_id)  # 404 / 403 when it is not the caller's
             if idempotency_key is not None:
