@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Commit",
     "RedisStore",
+    "Replay",
     "SessionStore",
     "SqliteStore",
     "Status",
