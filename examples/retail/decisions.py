@@ -690,10 +690,18 @@ def _write(ctx: Context, tool: str, **kwargs: Any) -> Outcome:
     return _forget("done")
 
 
+@decision(outcomes=["ok"])
+def cancel_reason(ctx: Context) -> Outcome:
+    """Which of the two reasons the user's words are: no longer needed, or ordered by mistake."""
+    said = ctx.slots["reason"]
+    reason = "ordered_by_mistake" if "mistake" in said or "accident" in said else "no_longer_needed"
+    return Outcome("ok", facts={"cancel_reason": reason})
+
+
 @decision(outcomes=["done", "failed"])
 def do_cancel(ctx: Context) -> Outcome:
     """Cancel the pending order with the reason the user gave."""
-    reason = str(ctx.slots["reason"]).replace("_", " ")
+    reason = str(ctx.facts["cancel_reason"]).replace("_", " ")
     return _write(ctx, "cancel_pending_order", order_id=ctx.facts["order_ref"], reason=reason)
 
 
