@@ -144,9 +144,11 @@ def welcome(ctx: Context) -> Outcome:
 # --- identity ------------------------------------------------------------------------------------
 
 
-@decision(outcomes=["found", "not_found"])
+@decision(outcomes=["found", "not_found", "nothing_given"])
 def find_user(ctx: Context) -> Outcome:
     """Locate the user by email, else by name and zip code; nothing is done before this."""
+    if "email" not in ctx.slots and not {"full_name", "zip"} <= set(ctx.slots):
+        return Outcome("nothing_given")
     user_id = None
     try:
         if "email" in ctx.slots:

@@ -116,8 +116,8 @@ def test_nothing_happens_before_authentication() -> None:
         ]
     )
     assert played[1].response_ids == ("technical_issue",)
-    assert played[2].response_ids == ("identify_first",)
-    assert played[3].response_ids == ("identify_first",)
+    assert played[2].response_ids == ("identify_first", "ask_identity")
+    assert played[3].response_ids == ("identify_first", "ask_identity")
     assert played[4].response_ids == ("user_not_found", "ask_identity")
     assert all(t.state_after == "identify" for t in played[1:])
     assert tools.DB.actions == []
