@@ -35,7 +35,7 @@ KEY = "sk_bench_key"
 IDENTIFY = "Hi, I'm Olivia Ito, zip 80218"
 ORDERS = ("#W5866402", "#W5353646", "#W5442520", "#W7941031", "#W3657213")
 STATUS = tuple(f"what's the status of order {order}?" for order in ORDERS)
-SCRIPT = {IDENTIFY: "give_name_zip", **dict.fromkeys(STATUS, "order_status")}
+SCRIPT = {IDENTIFY: "give_identity", **dict.fromkeys(STATUS, "order_status")}
 TURNS_PER_SESSION = 20
 
 

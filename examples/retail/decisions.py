@@ -144,11 +144,16 @@ def welcome(ctx: Context) -> Outcome:
 # --- identity ------------------------------------------------------------------------------------
 
 
-@decision(outcomes=["found", "not_found", "nothing_given"])
+@decision(outcomes=["found", "not_found", "need_zip", "need_name", "nothing_given"])
 def find_user(ctx: Context) -> Outcome:
     """Locate the user by email, else by name and zip code; nothing is done before this."""
-    if "email" not in ctx.slots and not {"full_name", "zip"} <= set(ctx.slots):
-        return Outcome("nothing_given")
+    if "email" not in ctx.slots:
+        if "full_name" in ctx.slots and "zip" not in ctx.slots:
+            return Outcome("need_zip")
+        if "zip" in ctx.slots and "full_name" not in ctx.slots:
+            return Outcome("need_name")
+        if "full_name" not in ctx.slots:
+            return Outcome("nothing_given")
     user_id = None
     try:
         if "email" in ctx.slots:

@@ -112,7 +112,7 @@ def test_nothing_happens_before_authentication() -> None:
             {"text": "cancel order #W5442520 now", "intent": "cancel_order"},
             {"text": "please just cancel it", "intent": "out_of_scope"},
             {"text": "yes"},
-            {"text": "my email is nobody@example.com", "intent": "give_email"},
+            {"text": "my email is nobody@example.com", "intent": "give_identity"},
         ]
     )
     assert played[1].response_ids == ("technical_issue",)
@@ -123,11 +123,21 @@ def test_nothing_happens_before_authentication() -> None:
     assert tools.DB.actions == []
 
 
+def test_half_a_name_and_zip_asks_for_the_other_half() -> None:
+    """A name alone is answered with a question for the zip code; with it, the user is found."""
+    _, played = _play(
+        [{"text": "I'm Olivia Ito", "intent": "give_identity"}, {"text": "it's 80218"}]
+    )
+    assert played[1].response_ids == ("ask_zip",)
+    assert played[2].state_after == "menu"
+    assert played[2].response_ids == ("identified", "how_can_i_help")
+
+
 def test_another_users_order_is_not_found() -> None:
     """One user per conversation: Olivia cannot touch Omar's order, nor learn that it exists."""
     _, played = _play(
         [
-            {"text": "Hi, I'm Olivia Ito and my zip code is 80218.", "intent": "give_name_zip"},
+            {"text": "Hi, I'm Olivia Ito and my zip code is 80218.", "intent": "give_identity"},
             {"text": "cancel order #W7273336 please", "intent": "cancel_order"},
             {"text": "#W0000001"},
         ]
@@ -141,7 +151,7 @@ def test_no_means_nothing_changes() -> None:
     """Declining the confirmation leaves the database untouched."""
     _, played = _play(
         [
-            {"text": "Hi, I'm Olivia Ito and my zip code is 80218.", "intent": "give_name_zip"},
+            {"text": "Hi, I'm Olivia Ito and my zip code is 80218.", "intent": "give_identity"},
             {"text": "cancel order #W5442520", "intent": "cancel_order"},
             {"text": "ordered by mistake"},
             {"text": "no"},
@@ -156,7 +166,7 @@ def test_unclear_answer_to_a_confirmation_is_not_a_yes() -> None:
     """Anything but an explicit yes at a confirmation asks again and writes nothing."""
     _, played = _play(
         [
-            {"text": "Hi, I'm Olivia Ito and my zip code is 80218.", "intent": "give_name_zip"},
+            {"text": "Hi, I'm Olivia Ito and my zip code is 80218.", "intent": "give_identity"},
             {"text": "cancel order #W5442520", "intent": "cancel_order"},
             {"text": "ordered by mistake"},
             {"text": "hmm, what's the weather like", "intent": "out_of_scope"},
@@ -171,7 +181,7 @@ def test_only_pending_orders_can_be_cancelled() -> None:
     """A delivered order is not cancelled; the agent says why."""
     _, played = _play(
         [
-            {"text": "Hi, I'm Olivia Ito and my zip code is 80218.", "intent": "give_name_zip"},
+            {"text": "Hi, I'm Olivia Ito and my zip code is 80218.", "intent": "give_identity"},
             {"text": "cancel order #W5866402", "intent": "cancel_order"},
         ]
     )
@@ -184,7 +194,7 @@ def test_refund_must_go_to_the_original_method_or_a_gift_card() -> None:
     """A return refunded to a credit card that did not pay the order is refused."""
     _, played = _play(
         [
-            {"text": "Hi, I'm Olivia Ito and my zip code is 80218.", "intent": "give_name_zip"},
+            {"text": "Hi, I'm Olivia Ito and my zip code is 80218.", "intent": "give_identity"},
             {"text": "I want to return items of order #W5866402", "intent": "return_items"},
             {"text": "the sneakers"},
             {"text": "no"},
@@ -199,7 +209,7 @@ def test_gift_card_must_cover_the_amount() -> None:
     """Paying a pending order with a gift card whose balance is too small is refused."""
     _, played = _play(
         [
-            {"text": "Hi, I'm Olivia Ito and my zip code is 80218.", "intent": "give_name_zip"},
+            {"text": "Hi, I'm Olivia Ito and my zip code is 80218.", "intent": "give_identity"},
             {"text": "change the payment of order #W5442520", "intent": "modify_order_payment"},
             {"text": "gift card"},
         ]
@@ -226,7 +236,7 @@ def test_transfer_emits_the_tool_call_and_ends_as_handoff() -> None:
     """Accepting a transfer calls transfer_to_human_agents and ends in the handoff state."""
     agent, played = _play(
         [
-            {"text": "Hi, I'm Olivia Ito and my zip code is 80218.", "intent": "give_name_zip"},
+            {"text": "Hi, I'm Olivia Ito and my zip code is 80218.", "intent": "give_identity"},
             {"text": "unsubscribe me from your emails", "intent": "out_of_scope"},
             {"text": "yes"},
         ]
@@ -285,8 +295,8 @@ def test_invariant_authentication_first() -> None:
     """Without find_user's `found`, only identification, transfer and goodbye are reachable."""
     edges = [e for e in _edges() if e[:2] != ("find_user", "outcome:found")]
     assert _reachable(edges) == {
-        "welcome", "identify", "find_user", "confirm_transfer_unidentified", "do_transfer",
-        "transferred", "closed",
+        "welcome", "identify", "identify_more", "find_user", "confirm_transfer_unidentified",
+        "do_transfer", "transferred", "closed",
     }  # fmt: skip
 
 
@@ -350,6 +360,7 @@ def test_invariant_one_user_per_conversation() -> None:
     assert "identify" not in after
     states = _compiled().policy.states
     assert not any({"email", "full_name", "zip"} & set(states[n].collect) for n in after)
+    assert "identify_more" not in after
 
 
 def test_invariant_transfers_are_asked_for_and_end_in_handoff() -> None:
