@@ -163,6 +163,23 @@ def test_conversation_over_http_on_each_store(start: Start, store_args: list[str
     assert server.stop() == 0
 
 
+def test_several_policies_side_by_side(start: Start) -> None:
+    """Two policies in one service: each key lists the ones in its scope, with their hashes."""
+    retail = ROOT / "policies" / "retail.yaml"
+    server = start(str(retail))
+    everything = server.client("beta").get("/v1/policies").json()["policies"]
+    assert sorted(p["name"] for p in everything) == ["refund", "retail"]
+    assert all(p["hash"].startswith("sha256:") and p["default"] for p in everything)
+    assert [p["name"] for p in server.client("acme").get("/v1/policies").json()["policies"]] == [
+        "refund"
+    ]
+    answer = server.client("beta").post("/v1/sessions", json={"policy": "retail"})
+    assert answer.status_code == 201
+    assert answer.json()["session"]["state"] == "identify"
+    refused = server.client("acme").post("/v1/sessions", json={"policy": "retail"})
+    assert (refused.status_code, refused.json()["error"]["code"]) == (403, "policy_forbidden")
+
+
 def test_openapi_document_describes_the_api(start: Start) -> None:
     """/openapi.json lists every endpoint, the bearer scheme and the error body."""
     server = start()
@@ -174,6 +191,7 @@ def test_openapi_document_describes_the_api(start: Start) -> None:
     }  # fmt: skip
     assert "HTTPBearer" in document["components"]["securitySchemes"]
     assert "ErrorBody" in document["components"]["schemas"]
+    assert httpx.get(server.url + "/healthz").headers["x-request-id"]
 
 
 def test_bad_requests_get_clear_4xx_errors(start: Start) -> None:
