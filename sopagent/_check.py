@@ -146,6 +146,21 @@ class _Checker:
             if not state.collect:
                 self.error("SOP029", "'filled' needs slots to collect", *at, "filled")
             self.route(state.filled, *at, "filled")
+        if state.handoff and not state.terminal:
+            self.error(
+                "SOP090",
+                "a handoff state ends the conversation for the agent; it must be terminal",
+                *at,
+                "handoff",
+                hint="add terminal: true, or move handoff to the state the route leads to",
+            )
+        if state.consequential and state.decide is None:
+            self.error(
+                "SOP091",
+                "only a state that decides can act: 'consequential' needs 'decide'",
+                *at,
+                "consequential",
+            )
         if state.fallback is not None:
             self.route(state.fallback, *at, "fallback")
         if state.confidence is not None:

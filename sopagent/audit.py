@@ -2,17 +2,21 @@
 
 A sink is anything with ``emit(event)``. `StructlogSink` (the default) hands events to the
 application's structlog configuration under the logger name ``sopagent.audit``;
-`JsonLinesSink` writes them as JSON lines to a file; `MemorySink` keeps them in a list.
+`JsonLinesSink` writes them as JSON lines to a file; `RotatingJsonLinesSink` does too and
+rotates the file by size, for services; `MemorySink` keeps them in a list.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import os
 import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-__all__ = ["AuditSink", "JsonLinesSink", "MemorySink", "StructlogSink"]
+__all__ = ["AuditSink", "JsonLinesSink", "MemorySink", "RotatingJsonLinesSink", "StructlogSink"]
 
 
 class AuditSink(Protocol):
@@ -63,6 +67,74 @@ class JsonLinesSink:
         """Close the file."""
         with self._lock:
             self._file.close()
+
+
+class RotatingJsonLinesSink:
+    """Append events as JSON lines and rotate the file when it grows past ``max_bytes``.
+
+    Lines have the shape `JsonLinesSink` writes (``event``, the fields, ``timestamp``). Each
+    line is written whole with one ``write`` and flushed, so a crash loses at most the line
+    being written and never mixes two. When the file is full it becomes ``FILE.1`` (``FILE.1``
+    becomes ``FILE.2``, ... up to ``backups``; the oldest is deleted).
+
+    Args:
+        path: the file; its directory is created if missing.
+        max_bytes: size at which the file is rotated.
+        backups: how many rotated files to keep.
+        fsync: also fsync after every line (survives power loss; slower).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        max_bytes: int = 64 * 1024 * 1024,
+        backups: int = 10,
+        fsync: bool = False,
+    ) -> None:
+        if max_bytes < 1 or backups < 1:
+            raise ValueError("max_bytes and backups must be at least 1")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self._fsync = fsync
+        self._lock = threading.Lock()
+        self._file: IO[str] = self.path.open("a", encoding="utf-8")
+        self._size = self._file.tell()
+
+    def emit(self, event: Mapping[str, Any]) -> None:
+        """Write the event (``event`` defaults to ``"turn"``) as one JSON line."""
+        record = {"event": "turn", **event}
+        record["timestamp"] = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+        line = json.dumps(record, default=str, ensure_ascii=False) + "\n"
+        size = len(line.encode("utf-8"))
+        with self._lock:
+            if self._size and self._size + size > self.max_bytes:
+                self._rotate()
+            self._file.write(line)
+            self._file.flush()
+            if self._fsync:
+                os.fsync(self._file.fileno())
+            self._size += size
+
+    def _rotate(self) -> None:
+        self._file.close()
+        for index in range(self.backups - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{index}")
+            if older.exists():
+                older.replace(self.path.with_name(f"{self.path.name}.{index + 1}"))
+        self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+        self._file = self.path.open("a", encoding="utf-8")
+        self._size = 0
+
+    def close(self) -> None:
+        """Flush and close the file."""
+        with self._lock:
+            if not self._file.closed:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self._file.close()
 
 
 class MemorySink:

@@ -15,7 +15,8 @@ Commands:
 * ``diff OLD NEW``: what changed between two versions, down to the conversations possible;
 * ``replay AUDIT... --policy NEW``: logged conversations that a new version would change;
 * ``npc POLICY --stdio``: game NPCs for an engine over JSON lines; ``--replay FILE`` replays one;
-* ``export-lines POLICY``: every catalog line of every locale as CSV.
+* ``export-lines POLICY``: every catalog line of every locale as CSV;
+* ``serve POLICY...``: the HTTP service (extra ``server``); ``new-key``: an API key for it.
 
 Exit codes: 0 success, 1 findings (``check``, ``approve --status``, ``verify``, ``diff``,
 ``replay``, an ``npc --replay`` that diverged from its recording), 2 authoring or usage errors
@@ -1554,6 +1555,167 @@ def approve(
             _err(f"{count} response{'s' if count != 1 else ''} approved by {by.strip()} in {path}")
             for name in approved:
                 typer.echo(name)
+
+
+# --- serve -----------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    policies: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Policy YAML files; several versions may be served side by side.",
+            show_default=False,
+        ),
+    ],
+    *,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port (0: any free port).")] = 8000,
+    store: Annotated[
+        str,
+        typer.Option(
+            help="Session store: a SQLite file (sqlite:///FILE or a path) or redis://HOST:PORT/DB."
+        ),
+    ] = "sopagent-sessions.db",
+    keys: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            help="API keys file (sopagent new-key writes it). Required.",
+            show_default=False,
+        ),
+    ] = None,
+    audit: Annotated[
+        Path, typer.Option(metavar="FILE", help="Audit log: JSON lines, rotated by size.")
+    ] = Path("sopagent-audit.jsonl"),
+    no_audit: Annotated[bool, typer.Option("--no-audit", help="Write no audit log.")] = False,
+    audit_max_mb: Annotated[
+        int, typer.Option(min=1, help="Rotate the audit log at this many MiB.")
+    ] = 64,
+    audit_backups: Annotated[int, typer.Option(min=1, help="Rotated audit files kept.")] = 10,
+    handoff_webhook: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URL", help="POST handoff events (JSON) to this URL.", show_default=False
+        ),
+    ] = None,
+    handoff_stream: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URL",
+            help="XADD handoff events to redis://HOST:PORT/DB#STREAM.",
+            show_default=False,
+        ),
+    ] = None,
+    backend: BackendOpt = None,
+    script: ScriptOpt = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    lock_ttl: Annotated[
+        float, typer.Option(min=0.1, help="Seconds a turn may hold a session's lease.")
+    ] = 15.0,
+    backend_timeout: Annotated[
+        float,
+        typer.Option(min=0.1, help="Seconds one call to a remote model (openai) may take."),
+    ] = 10.0,
+    access_log: Annotated[bool, typer.Option(help="Log every request on stderr.")] = False,
+) -> None:
+    """Serve policies over HTTP: sessions in SQLite or Redis, API keys, audit, handoffs.
+
+    Exit codes: 0 stopped by SIGINT/SIGTERM, 2 invalid policy, keys file or options,
+    3 the store, the backend or the address cannot be used.
+    """
+    try:
+        import fastapi  # noqa: F401, PLC0415 (checked here for a clear message)
+        import uvicorn  # noqa: F401, PLC0415
+
+        from sopagent.server._run import ConfigError, ServeConfig  # noqa: PLC0415
+        from sopagent.server._run import serve as run_server  # noqa: PLC0415
+    except ImportError as exc:
+        _err(
+            f"error: sopagent serve needs the server extra: pip install 'sopagent[server]' ({exc})"
+        )
+        raise typer.Exit(3) from None
+    name = backend if backend is not None else ("scripted" if script else "embedded")
+    config = ServeConfig(
+        policies=tuple(str(p) for p in policies),
+        host=host,
+        port=port,
+        store=store,
+        keys=str(keys) if keys is not None else "",
+        audit=None if no_audit else str(audit),
+        audit_max_bytes=audit_max_mb * 1024 * 1024,
+        audit_backups=audit_backups,
+        handoff_webhook=handoff_webhook,
+        handoff_stream=handoff_stream,
+        backend=name,
+        script=str(script) if script is not None else None,
+        workers=workers,
+        lock_ttl=lock_ttl,
+        backend_timeout=backend_timeout,
+        access_log=access_log,
+    )
+
+    def ready(url: str) -> None:
+        _err(f"sopagent serve: listening on {url} ({len(policies)} policy file(s), store {store})")
+
+    with _reporting():
+        try:
+            code = run_server(config, ready=ready)
+        except ConfigError as exc:
+            _err(f"error: {exc}")
+            raise typer.Exit(2) from None
+        except ImportError as exc:
+            _err(f"error: a backend is not available: {exc}")
+            raise typer.Exit(3) from None
+        except OSError as exc:
+            _err(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}")
+            raise typer.Exit(3) from None
+    raise typer.Exit(code)
+
+
+@app.command("new-key")
+def new_key(
+    tenant: Annotated[str, typer.Option(help="The tenant that owns sessions made with the key.")],
+    policy: Annotated[
+        list[str],
+        typer.Option(help="A policy name the key may use (repeatable; * for every policy)."),
+    ],
+    keys: Annotated[
+        Path, typer.Option(metavar="FILE", help="Keys file to append the entry to.")
+    ] = Path("sopagent-keys.yaml"),
+    key_id: Annotated[
+        str | None,
+        typer.Option(
+            "--id", help="Public name of the key (default: TENANT-N).", show_default=False
+        ),
+    ] = None,
+) -> None:
+    """Make an API key: print it once and append its hash to the keys file."""
+    from sopagent.server._auth import KeyRing, hash_key  # noqa: PLC0415
+    from sopagent.server._auth import new_key as make_key  # noqa: PLC0415
+
+    with _reporting():
+        existing = len(KeyRing.from_file(keys)) if keys.exists() else 0
+        secret = make_key()
+        entry = {
+            "id": key_id or f"{tenant}-{existing + 1}",
+            "tenant": tenant,
+            "policies": list(policy),
+            "hash": hash_key(secret),
+        }
+        text = keys.read_text(encoding="utf-8") if keys.exists() else "keys:\n"
+        if not text.endswith("\n"):
+            text += "\n"
+        # JSON scalars and lists are YAML too, and quote whatever needs quoting.
+        text += f"  - id: {json.dumps(entry['id'])}\n"
+        text += "".join(
+            f"    {k}: {json.dumps(entry[k])}\n" for k in ("tenant", "policies", "hash")
+        )
+        keys.write_text(text, encoding="utf-8")
+        KeyRing.from_file(keys)  # the file must still be valid
+    typer.echo(secret)
+    _err(f"key {entry['id']} for tenant {tenant} added to {keys}; it is shown only now")
 
 
 # --- entry point -----------------------------------------------------------------------------

@@ -11,7 +11,8 @@ Two families, one for mistakes in what an author wrote and one for faults at run
         │   ├── BackendUnavailable    connection error, HTTP 5xx or 429, or an open circuit
         │   └── BackendAnswerError    a refusal, a truncated, off-schema or invalid JSON answer
         ├── DecisionError         a decision function raised or broke its declared contract
-        └── SessionError          a session does not belong to this agent or cannot be restored
+        ├── SessionError          a session does not belong to this agent or cannot be restored
+        └── StoreError            a session store cannot be reached or refused a write
 
 Authoring errors collect every problem of a file in one pass; `PolicyError.problems` holds
 them sorted by location. Each family maps to one exit code of the `sopagent` command.
@@ -34,6 +35,7 @@ __all__ = [
     "RuntimeFault",
     "SessionError",
     "SopError",
+    "StoreError",
 ]
 
 
@@ -145,3 +147,7 @@ class DecisionError(RuntimeFault):
 
 class SessionError(RuntimeFault):
     """A session cannot be used with this agent (other policy, unknown state, bad JSON)."""
+
+
+class StoreError(RuntimeFault):
+    """A session store cannot be opened or reached, or refused a write."""

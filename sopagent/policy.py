@@ -380,6 +380,16 @@ class State(_Model):
     )
     terminal: bool = False
     globals: bool = Field(default=True, description="Whether global intents apply here.")
+    handoff: bool = Field(
+        default=False,
+        description="Entering this state hands the conversation to a person: a service marks"
+        " the session and emits a handoff event, and the agent stops answering. Terminal only.",
+    )
+    consequential: bool = Field(
+        default=False,
+        description="The decision function acts on the world (cancels, refunds, writes a"
+        " record); reviews and verifiers check how such states can be reached. Deciding only.",
+    )
 
     @model_validator(mode="before")
     @classmethod
