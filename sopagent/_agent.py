@@ -67,6 +67,7 @@ class _Work:
     session_id: str = ""
     turn: int = 0
     past: list[SessionTurn] = field(default_factory=list)
+    forced: Mapping[str, str] = field(default_factory=dict)
     _history: tuple[HistoryItem, ...] | None = None
 
     @property
@@ -155,14 +156,28 @@ class Agent:
             session.id = session_id
         return session
 
-    def start(self, session: Session) -> Turn:
+    def start(self, session: Session, *, decisions: Mapping[str, str] | None = None) -> Turn:
         """Enter the initial state: run its decisions and say its opening lines.
 
         Calling it on a session already started returns an empty turn.
-        """
-        return self._turn(session, None, None)
 
-    def respond(self, session: Session, text: str, *, intent: str | None = None) -> Turn:
+        Args:
+            session: a session from `new_session`.
+            decisions: outcomes to force, as in `respond`.
+
+        Raises:
+            ValueError: a forced decision names an unknown function or an undeclared outcome.
+        """
+        return self._turn(session, None, None, self._forced_outcomes(decisions))
+
+    def respond(
+        self,
+        session: Session,
+        text: str,
+        *,
+        intent: str | None = None,
+        decisions: Mapping[str, str] | None = None,
+    ) -> Turn:
         """Advance ``session`` by one user message and return what happened.
 
         The session is updated in place only when the turn succeeds; on a backend or decision
@@ -172,14 +187,27 @@ class Agent:
             session: the conversation, as returned by `new_session` or `Session.from_json`.
             text: what the user said.
             intent: a label to use instead of asking the model (replay, tests, buttons).
+            decisions: ``{function: outcome}`` to force during this turn (tests): the named
+                decision functions are not run, so slots and facts they would have set stay
+                as they were; their records in the turn say ``forced``.
 
         Raises:
             SessionError: the session belongs to another policy or names an unknown state.
-            ValueError: ``intent`` is not an intent of the policy.
+            ValueError: ``intent`` is not an intent of the policy, or a forced decision
+                names an unknown function or an outcome it does not declare.
         """
         if intent not in (None, OUT_OF_SCOPE) and intent not in self.compiled.policy.intents:
             raise ValueError(f"unknown intent {intent!r}")
-        return self._turn(session, text, intent)
+        return self._turn(session, text, intent, self._forced_outcomes(decisions))
+
+    def _forced_outcomes(self, decisions: Mapping[str, str] | None) -> Mapping[str, str]:
+        for function, outcome in (decisions or {}).items():
+            declared = self.compiled.functions.get(function)
+            if declared is None:
+                raise ValueError(f"unknown decision function {function!r}")
+            if outcome not in declared.__sopagent_outcomes__:
+                raise ValueError(f"{function!r} does not declare outcome {outcome!r}")
+        return dict(decisions or {})
 
     def classify(self, session: Session, text: str) -> Turn:
         """Return what the agent understands of ``text`` in the session's state, and nothing more.
@@ -228,7 +256,13 @@ class Agent:
 
     # -- the turn --------------------------------------------------------------------------------
 
-    def _turn(self, session: Session, text: str | None, forced: str | None) -> Turn:
+    def _turn(
+        self,
+        session: Session,
+        text: str | None,
+        forced: str | None,
+        outcomes: Mapping[str, str] | None = None,
+    ) -> Turn:
         started = time.perf_counter()
         compiled = self.compiled
         if session.policy_hash != compiled.hash:
@@ -247,6 +281,7 @@ class Agent:
             session_id=session.id,
             turn=session.turns,
             past=session.history,
+            forced=outcomes or {},
         )
         state_before = session.state
         classified = _Classified(None, 0.0, "none", Usage(), {})
@@ -570,6 +605,12 @@ class Agent:
         function = state.decide
         name = state.decide_name or "?"
         assert function is not None
+        forced = work.forced.get(name)
+        if forced is not None:
+            work.decisions.append(
+                DecisionRecord(state=state.name, function=name, outcome=forced, forced=True)
+            )
+            return forced
         compiled = self.compiled
         context = Context.build(
             state=state.name,

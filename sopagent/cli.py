@@ -1298,6 +1298,132 @@ def replay(
             raise typer.Exit(1)
 
 
+# --- test, review ----------------------------------------------------------------------------
+
+
+def _test_report(result: Any, coverages: Sequence[Any] | None) -> None:
+    from sopagent._testing import render_failure  # noqa: PLC0415
+
+    for failed in result.failed:
+        typer.echo(render_failure(failed) + "\n")
+    figures = result.classification()
+    if figures is not None:
+        accuracy = "-" if figures["accuracy"] is None else f"{figures['accuracy']:.1%}"
+        typer.echo(
+            f"intent accuracy ({figures['backend']}): {figures['correct']}/{figures['steps']}"
+            f" steps not forced ({accuracy}); {figures['model_answered']} answered by the model"
+        )
+        for miss in figures["misclassified"]:
+            typer.echo(
+                f"  {miss['location']}: {json.dumps(miss['text'], ensure_ascii=False)}:"
+                f" expected {miss['expected']}, got {miss['actual']} ({miss['source']})"
+            )
+    for item in coverages or ():
+        typer.echo("\n".join(item.render()))
+    passed = len(result.results) - len(result.failed)
+    files = len({str(r.file.path) for r in result.results})
+    typer.echo(
+        f"{len(result.results)} conversation{'s' if len(result.results) != 1 else ''} in"
+        f" {files} file{'s' if files != 1 else ''}"
+    )
+    typer.echo(f"{passed} passed, {len(result.failed)} failed")
+
+
+@app.command(name="test")
+def conversation_tests(
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="Conversation test files (*.test.yaml), or directories to search for them.",
+            show_default=False,
+        ),
+    ] = None,
+    *,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            "--backend",
+            metavar="SPEC",
+            help="Classify messages without a forced label with this backend and measure its"
+            " intent accuracy (default: recorded labels, no model). " + _BACKEND_HELP,
+            show_default=False,
+        ),
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the results as one JSON object.")
+    ] = False,
+    show_coverage: Annotated[
+        bool,
+        typer.Option(
+            "--coverage", help="Report the states, routes, intents and responses reached."
+        ),
+    ] = False,
+    generate: Annotated[
+        Path | None,
+        typer.Option(
+            "--generate",
+            metavar="POLICY",
+            help="Write a minimal suite covering every route of POLICY (with -o FILE).",
+            show_default=False,
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", metavar="FILE", help="Where --generate writes the suite."),
+    ] = None,
+) -> None:
+    """Run conversation tests; report expected/actual diffs per step and coverage.
+
+    Exits 0 when every conversation passes, 1 when one fails, 2 on invalid files or options.
+    """
+    from sopagent._coverage import coverage_of  # noqa: PLC0415
+    from sopagent._testing import Suite  # noqa: PLC0415
+
+    with _reporting():
+        if generate is not None:
+            if out is None:
+                raise typer.BadParameter("--generate needs -o FILE", param_hint="--out")
+            from sopagent._generate import generate_suite  # noqa: PLC0415
+
+            compiled = _compile(generate)
+            suite_text, report = generate_suite(compiled, generate, out)
+            try:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(suite_text, encoding="utf-8")
+            except OSError as exc:
+                _err(f"error: cannot write {out}: {exc.strerror}")
+                raise typer.Exit(2) from None
+            for line in report.lines():
+                _err(line)
+            if report.uncovered:
+                raise typer.Exit(1)
+            return
+        if not paths:
+            raise typer.BadParameter("give test files or directories", param_hint="PATHS")
+        suite = Suite.load(paths)
+        model = None
+        if backend is not None:
+            compiled_policies = suite.compiled()
+            model = _backend(backend, None, compiled_policies[0])
+        result = suite.run(model)
+        coverages = coverage_of(suite.compiled(), result.results) if show_coverage else None
+        if json_output:
+            document: dict[str, Any] = {
+                "ok": not result.failed,
+                "passed": len(result.results) - len(result.failed),
+                "failed": len(result.failed),
+                "conversations": [r.to_json() for r in result.results],
+                "classification": result.classification(),
+            }
+            if coverages is not None:
+                document["coverage"] = [c.to_json() for c in coverages]
+            typer.echo(json.dumps(document, indent=2, ensure_ascii=False, default=str))
+        else:
+            _test_report(result, coverages)
+        if result.failed:
+            raise typer.Exit(1)
+
+
 # --- entry point -----------------------------------------------------------------------------
 
 
