@@ -1424,6 +1424,86 @@ def conversation_tests(
             raise typer.Exit(1)
 
 
+class ReviewLayout(StrEnum):
+    """How ``sopagent review`` draws the state diagram."""
+
+    auto = "auto"
+    builtin = "builtin"
+    graphviz = "graphviz"
+
+
+@app.command()
+def review(
+    policy: PolicyArg,
+    *,
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            metavar="FILE",
+            help="The document to write: .html (self-contained page) or .md (Markdown).",
+            show_default=False,
+        ),
+    ],
+    layout: Annotated[
+        ReviewLayout,
+        typer.Option(
+            "--layout",
+            help="Draw the diagram with Graphviz (dot), the built-in layered layout, or"
+            " Graphviz when installed (auto).",
+        ),
+    ] = ReviewLayout.auto,
+    examples: Annotated[
+        int, typer.Option("--examples", min=1, help="Conversations the verify search generates.")
+    ] = 200,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the verify search.")] = 0,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the document's headline figures as JSON.")
+    ] = False,
+) -> None:
+    """Write the review document a compliance reviewer reads and signs.
+
+    Diagram, states and routes, catalog with approvals and hashes, check findings, verify
+    results, coverage of the conversation tests beside the policy, and a sign-off block for
+    the policy hash. Exits 0 when written, 2 on errors in the policy or options.
+    """
+    from sopagent._review import build_review, render_html, render_markdown  # noqa: PLC0415
+
+    suffix = out.suffix.lower()
+    if suffix not in (".html", ".htm", ".md", ".markdown"):
+        raise typer.BadParameter("write a .html or a .md file", param_hint="--out")
+    with _reporting():
+        compiled = _compile(policy)
+        with _progress(compiled.name) as update:
+            try:
+                document = build_review(
+                    compiled, policy, layout=layout.value, examples=examples, seed=seed,
+                    progress=update,
+                )  # fmt: skip
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc), param_hint="--layout") from None
+        text = (
+            render_markdown(document) if suffix in (".md", ".markdown") else render_html(document)
+        )
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            _err(f"error: cannot write {out}: {exc.strerror}")
+            raise typer.Exit(2) from None
+        summary = document.summary()
+        if json_output:
+            typer.echo(json.dumps({"file": str(out), **summary}, indent=2, ensure_ascii=False))
+        else:
+            _err(
+                f"wrote {out}: {compiled.name} {compiled.hash}; {summary['findings']} findings;"
+                f" {summary['proved']}/{summary['properties']} properties proved,"
+                f" {summary['violated']} failing; {summary['conversations_passed']}/"
+                f"{summary['conversations']} conversation tests pass"
+            )
+
+
 # --- entry point -----------------------------------------------------------------------------
 
 
