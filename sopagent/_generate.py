@@ -257,8 +257,16 @@ class _Runner:
     def run(
         self, facts: Mapping[str, Any], steps: Sequence[_Step]
     ) -> list[tuple[Turn, tuple[Route, ...]]] | None:
-        agent = _TestAgent(self.compiled, _Recorded())
         self.modules.restore()
+        try:
+            return self._run(facts, steps)
+        finally:
+            self.modules.restore()
+
+    def _run(
+        self, facts: Mapping[str, Any], steps: Sequence[_Step]
+    ) -> list[tuple[Turn, tuple[Route, ...]]] | None:
+        agent = _TestAgent(self.compiled, _Recorded())
         try:
             session = agent.new_session(facts=facts)
         except ValueError:

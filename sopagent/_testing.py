@@ -824,11 +824,20 @@ def _run(
     policy: _Policy,
     backend: Backend | None,
 ) -> ConversationResult:
+    # The decision modules start from where they were when the policy was loaded, and go
+    # back there afterwards, so conversations (and later runs) do not see each other.
+    policy.modules.restore()
+    try:
+        return _converse(checked, index, backend)
+    finally:
+        policy.modules.restore()
+
+
+def _converse(checked: _Checked, index: int, backend: Backend | None) -> ConversationResult:
     compiled = checked.compiled
     conversation = checked.file.conversations[index]
     recorded = _Recorded()
     agent = _TestAgent(compiled, backend if backend is not None else recorded)
-    policy.modules.restore()
     session = agent.new_session(facts=checked.facts[index])
     results: list[StepResult] = []
     opening_turn: Turn | None = None

@@ -32,6 +32,7 @@ __all__ = [
     "SopagentTestFile",
     "pytest_addoption",
     "pytest_collect_file",
+    "pytest_configure",
     "pytest_terminal_summary",
 ]
 
@@ -104,6 +105,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="report the states, routes, intents and responses the conversation tests reach",
     )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Build the backend asked for up front, so a bad spec is a usage error."""
+    if config.getoption("sopagent_backend", None):
+        _state(config).backend()
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:

@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import websocket
+
+from sopagent import load_policy
 
 ROOT = Path(__file__).resolve().parents[2]
 REFUND = ROOT / "policies" / "refund.yaml"
@@ -50,8 +53,6 @@ class Browser:
     """A headless Chromium and one DevTools connection to its page."""
 
     def __init__(self, profile: Path) -> None:
-        import websocket
-
         assert CHROMIUM is not None
         self.process = subprocess.Popen(
             [
@@ -231,8 +232,6 @@ def test_review_renders_offline_in_chromium(
     assert measured["width"] > 300
     assert measured["height"] > 300
     assert measured["shapes"] > 20
-    from sopagent import load_policy
-
     states = list(load_policy(policy).states)
     drawn = " ".join(measured["texts"])
     for state in states:
@@ -262,7 +261,7 @@ def test_a_thirty_state_diagram_in_chromium(browser: Browser, tmp_path: Path) ->
     """A generated 30-state policy: every state drawn, inside the drawing, none overlapping."""
     sys.path.insert(0, str(ROOT / "bench"))
     try:
-        from generate_policy import generate
+        from generate_policy import generate  # noqa: PLC0415 (bench is no package)
     finally:
         sys.path.remove(str(ROOT / "bench"))
     policy = generate(tmp_path / "policy", states=30, intents=8)
