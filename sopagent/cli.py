@@ -12,9 +12,11 @@ Commands:
 * ``export-finetune POLICY --data FILE``: OpenAI chat fine-tuning data from labelled examples;
 * ``verify POLICY``: prove the policy's properties, or print shortest counterexamples;
 * ``diff OLD NEW``: what changed between two versions, down to the conversations possible;
-* ``replay AUDIT... --policy NEW``: logged conversations that a new version would change.
+* ``replay AUDIT... --policy NEW``: logged conversations that a new version would change;
+* ``test PATH...``: run conversation tests (``--coverage``, ``--backend``, ``--generate``);
+* ``review POLICY -o FILE``: the review document a compliance reviewer signs.
 
-Exit codes: 0 success, 1 findings (``verify``, ``diff``, ``replay``), 2 authoring or usage
+Exit codes: 0 success, 1 findings (``verify``, ``diff``, ``replay``, ``test``), 2 authoring or usage
 errors (`sopagent.errors.PolicyError`, bad options, malformed input files), 3 run-time faults
 (`sopagent.errors.RuntimeFault`, the embedded backend missing). Heavy modules (rich, the
 embedded model) are imported only by the commands that need them.
