@@ -91,8 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         compiled = compile_policy(load_policy(policy))
         out = Path(tempfile.mkdtemp()) / f"{name}.test.yaml"
-        made, _ = timed(lambda: generate_suite(compiled, policy, out), max(1, args.reps // 2))
-        explored, _ = timed(lambda: AbstractMachine(compiled).explore(), args.reps)
+        made, _ = timed(
+            lambda c=compiled, p=policy, o=out: generate_suite(c, p, o), max(1, args.reps // 2)
+        )
+        explored, _ = timed(lambda c=compiled: AbstractMachine(c).explore(), args.reps)
         rows.append(
             row(f"generate suite ({name})", made * 1000, "ms", baseline=explored * 1000,
                 baseline_name="exhaustive exploration", n=max(1, args.reps // 2))

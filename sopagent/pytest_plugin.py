@@ -1,8 +1,9 @@
 """pytest plugin: conversation test files (``*.test.yaml``) as ordinary pytest items.
 
 Installed with sopagent (entry point ``pytest11``), so ``pytest`` collects every
-``*.test.yaml`` file under its test paths: one item per conversation, named after it, failing
-with the step's location and an expected/actual diff per key. Options:
+``*.test.yaml`` file with a ``sopagent_test`` key under its test paths: one item per
+conversation, named after it, failing with the step's location and an expected/actual diff
+per key. Options:
 
 * ``--sopagent-backend SPEC``: classify messages without a forced label with a real backend
   (``embedded``, ``nearest``, ...) instead of the recorded labels;
@@ -114,11 +115,23 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
-    """Collect ``*.test.yaml`` files."""
-    if file_path.name.endswith(_SUFFIX):
+    """Collect ``*.test.yaml`` files that are sopagent conversation tests.
+
+    Other projects' ``*.test.yaml`` files (no ``sopagent_test`` key) are left alone.
+    """
+    if file_path.name.endswith(_SUFFIX) and _is_conversation_test(file_path):
         collector: SopagentTestFile = SopagentTestFile.from_parent(parent, path=file_path)
         return collector
     return None
+
+
+def _is_conversation_test(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(65536)
+    except OSError:
+        return True  # let collection report why it cannot be read
+    return b"sopagent_test" in head
 
 
 class SopagentTestFile(pytest.File):
