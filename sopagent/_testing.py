@@ -60,6 +60,7 @@ __all__ = [
     "find_test_files",
     "load_test_file",
     "render_failure",
+    "render_summary",
 ]
 
 SUFFIX = ".test.yaml"
@@ -1142,4 +1143,33 @@ def render_failure(result: ConversationResult) -> str:
         lines.append(f"  {failed.problem}")
     for mismatch in failed.mismatches:
         lines.extend(_diff_lines(mismatch))
+    return "\n".join(lines)
+
+
+def render_summary(result: SuiteResult, coverages: Sequence[Any] | None = None) -> str:
+    """A suite's results as text: each failure, the backend's accuracy, coverage, the counts."""
+    lines: list[str] = []
+    for failed in result.failed:
+        lines += [render_failure(failed), ""]
+    figures = result.classification()
+    if figures is not None:
+        accuracy = "-" if figures["accuracy"] is None else f"{figures['accuracy']:.1%}"
+        lines.append(
+            f"intent accuracy ({figures['backend']}): {figures['correct']}/{figures['steps']}"
+            f" steps not forced ({accuracy}); {figures['model_answered']} answered by the model"
+        )
+        lines += [
+            f"  {miss['location']}: {json.dumps(miss['text'], ensure_ascii=False)}:"
+            f" expected {miss['expected']}, got {miss['actual']} ({miss['source']})"
+            for miss in figures["misclassified"]
+        ]
+    for item in coverages or ():
+        lines += item.render()
+    passed = len(result.results) - len(result.failed)
+    files = len({str(r.file.path) for r in result.results})
+    lines.append(
+        f"{len(result.results)} conversation{'s' if len(result.results) != 1 else ''} in"
+        f" {files} file{'s' if files != 1 else ''}"
+    )
+    lines.append(f"{passed} passed, {len(result.failed)} failed")
     return "\n".join(lines)

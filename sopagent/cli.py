@@ -1303,34 +1303,6 @@ def replay(
 # --- test, review ----------------------------------------------------------------------------
 
 
-def _test_report(result: Any, coverages: Sequence[Any] | None) -> None:
-    from sopagent._testing import render_failure  # noqa: PLC0415
-
-    for failed in result.failed:
-        typer.echo(render_failure(failed) + "\n")
-    figures = result.classification()
-    if figures is not None:
-        accuracy = "-" if figures["accuracy"] is None else f"{figures['accuracy']:.1%}"
-        typer.echo(
-            f"intent accuracy ({figures['backend']}): {figures['correct']}/{figures['steps']}"
-            f" steps not forced ({accuracy}); {figures['model_answered']} answered by the model"
-        )
-        for miss in figures["misclassified"]:
-            typer.echo(
-                f"  {miss['location']}: {json.dumps(miss['text'], ensure_ascii=False)}:"
-                f" expected {miss['expected']}, got {miss['actual']} ({miss['source']})"
-            )
-    for item in coverages or ():
-        typer.echo("\n".join(item.render()))
-    passed = len(result.results) - len(result.failed)
-    files = len({str(r.file.path) for r in result.results})
-    typer.echo(
-        f"{len(result.results)} conversation{'s' if len(result.results) != 1 else ''} in"
-        f" {files} file{'s' if files != 1 else ''}"
-    )
-    typer.echo(f"{passed} passed, {len(result.failed)} failed")
-
-
 @app.command(name="test")
 def conversation_tests(
     paths: Annotated[
@@ -1379,7 +1351,7 @@ def conversation_tests(
     Exits 0 when every conversation passes, 1 when one fails, 2 on invalid files or options.
     """
     from sopagent._coverage import coverage_of  # noqa: PLC0415
-    from sopagent._testing import Suite  # noqa: PLC0415
+    from sopagent._testing import Suite, render_summary  # noqa: PLC0415
 
     with _reporting():
         if generate is not None:
@@ -1421,7 +1393,7 @@ def conversation_tests(
                 document["coverage"] = [c.to_json() for c in coverages]
             typer.echo(json.dumps(document, indent=2, ensure_ascii=False, default=str))
         else:
-            _test_report(result, coverages)
+            typer.echo(render_summary(result, coverages))
         if result.failed:
             raise typer.Exit(1)
 
