@@ -112,6 +112,7 @@ class _Work:
     chosen: list[str] = field(default_factory=list)
     replayed: deque[str] | None = None
     replay_error: str | None = None
+    forced: Mapping[str, str] = field(default_factory=dict)
     _history: tuple[HistoryItem, ...] | None = None
 
     @property
@@ -246,7 +247,13 @@ class Agent:
             )
         return locale
 
-    def start(self, session: Session, *, facts: Mapping[str, Any] | None = None) -> Turn:
+    def start(
+        self,
+        session: Session,
+        *,
+        facts: Mapping[str, Any] | None = None,
+        decisions: Mapping[str, str] | None = None,
+    ) -> Turn:
         """Enter the initial state: run its decisions and say its opening lines.
 
         Calling it on a session already started returns an empty turn.
@@ -254,11 +261,15 @@ class Agent:
         Args:
             session: a new session.
             facts: fact values (the game state) to set before the opening runs.
+            decisions: outcomes to force, as in `respond`.
 
         Raises:
-            ValueError: a fact is not declared by the policy or has the wrong type.
+            ValueError: a fact is not declared by the policy or has the wrong type, or a
+                forced decision names an unknown function or an undeclared outcome.
         """
-        return self._turn(session, None, None, facts=facts)
+        return self._turn(
+            session, None, None, facts=facts, outcomes=self._forced_outcomes(decisions)
+        )
 
     def respond(
         self,
@@ -267,6 +278,7 @@ class Agent:
         *,
         intent: str | None = None,
         facts: Mapping[str, Any] | None = None,
+        decisions: Mapping[str, str] | None = None,
     ) -> Turn:
         """Advance ``session`` by one user message and return what happened.
 
@@ -279,19 +291,34 @@ class Agent:
             intent: a label to use instead of asking the model (replay, tests, buttons).
             facts: fact values (the game state now) to set before the turn runs; None as a
                 value clears a fact. They are kept only if the turn succeeds.
+            decisions: ``{function: outcome}`` to force during this turn (tests): the named
+                decision functions are not run, so slots and facts they would have set stay
+                as they were; their records in the turn say ``forced``.
 
         Raises:
             SessionError: the session belongs to another policy or names an unknown state.
-            ValueError: ``intent`` is not an intent of the policy, or a fact is not declared
-                or has the wrong type.
+            ValueError: ``intent`` is not an intent of the policy, a fact is not declared
+                or has the wrong type, or a forced decision names an unknown function or
+                an outcome it does not declare.
         """
         self.check_intent(intent)
-        return self._turn(session, text, intent, facts=facts)
+        return self._turn(
+            session, text, intent, facts=facts, outcomes=self._forced_outcomes(decisions)
+        )
 
     def check_intent(self, intent: str | None) -> None:
         """Raise ValueError unless ``intent`` is None, out_of_scope or one of the policy's."""
         if intent not in (None, OUT_OF_SCOPE) and intent not in self.compiled.policy.intents:
             raise ValueError(f"unknown intent {intent!r}")
+
+    def _forced_outcomes(self, decisions: Mapping[str, str] | None) -> Mapping[str, str]:
+        for function, outcome in (decisions or {}).items():
+            declared = self.compiled.functions.get(function)
+            if declared is None:
+                raise ValueError(f"unknown decision function {function!r}")
+            if outcome not in declared.__sopagent_outcomes__:
+                raise ValueError(f"{function!r} does not declare outcome {outcome!r}")
+        return dict(decisions or {})
 
     def classify(self, session: Session, text: str) -> Turn:
         """Return what the agent understands of ``text`` in the session's state, and nothing more.
@@ -350,6 +377,7 @@ class Agent:
         heard: Heard | None = None,
         tape: list[Heard | None] | None = None,
         validated: Mapping[str, Any] | None = None,
+        outcomes: Mapping[str, str] | None = None,
     ) -> Turn:
         """Run one turn.
 
@@ -381,6 +409,7 @@ class Agent:
             locale=session.locale,
             seed=session.seed,
             index=session.turns + (text is not None),
+            forced=outcomes or {},
         )
         if heard is not None:
             work.replayed = deque(heard.choices)
@@ -802,6 +831,12 @@ class Agent:
         function = state.decide
         name = state.decide_name or "?"
         assert function is not None
+        forced = work.forced.get(name)
+        if forced is not None:
+            work.decisions.append(
+                DecisionRecord(state=state.name, function=name, outcome=forced, forced=True)
+            )
+            return forced
         compiled = self.compiled
         reads = declared_reads(function)
         slots, facts = work.slots, work.facts

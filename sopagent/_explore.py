@@ -159,6 +159,7 @@ class Branch:
         choices: the response the model chose for each ``choose``, in order.
         other_choice: some ``choose`` picked another response than its first.
         slots: slots the decision gave a value (``sets``) and cleared.
+        routes: the machine's transitions fired, as ``(trigger, source, dest)``.
     """
 
     events: tuple[Event, ...]
@@ -169,6 +170,7 @@ class Branch:
     other_choice: bool = False
     sets: frozenset[str] = frozenset()
     clears: frozenset[str] = frozenset()
+    routes: tuple[tuple[str, str, str], ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,6 +393,7 @@ class Recorder(Agent):
         self._work: _Work | None = None
         self._paths = 0
         self._said = 0
+        self.fired: list[tuple[str, str, str]] = []
 
     # -- the record ------------------------------------------------------------------------
 
@@ -400,6 +403,7 @@ class Recorder(Agent):
         self._work = work
         self._paths = paths
         self._said = 0
+        self.fired = []
 
     def _values(self, work: _Work) -> Mapping[str, Any] | None:
         return {**work.facts, **work.slots} if self.concrete else None
@@ -445,6 +449,11 @@ class Recorder(Agent):
         ]
 
     # -- hooks into the turn ---------------------------------------------------------------
+
+    @override
+    def _fire(self, trigger: str, source: str, dest: str) -> None:
+        super()._fire(trigger, source, dest)
+        self.fired.append((trigger, source, dest))
 
     @override
     def _classify(
@@ -773,12 +782,12 @@ class AbstractMachine:
             assert work is not None
             agent.sync(work)
             target = self._node(work.state, work.slots, suspended=True)
-            return self._expand_choices(tuple(agent.events), target)
+            return self._expand_choices(tuple(agent.events), target, tuple(agent.fired))
         if turn.error is not None:
             events = tuple(Event("say", r, node.state) for r in self._error_lines)
             return [Branch(events, node, failed=True)]
         target = self._node(session.state, session.slots, suspended=False)
-        return self._expand_choices(tuple(agent.events), target)
+        return self._expand_choices(tuple(agent.events), target, tuple(agent.fired))
 
     def _alternatives(self, function: str, outcome: str) -> tuple[Update, ...]:
         updates = self.updates.get(function)
@@ -854,15 +863,18 @@ class AbstractMachine:
                 other_choice=b.other_choice,
                 sets=sets,
                 clears=clears,
+                routes=b.routes,
             )
-            for b in self._expand_choices(tuple(agent.events), target)
+            for b in self._expand_choices(tuple(agent.events), target, tuple(agent.fired))
         ]
 
-    def _expand_choices(self, events: tuple[Event, ...], target: Node) -> list[Branch]:
+    def _expand_choices(
+        self, events: tuple[Event, ...], target: Node, routes: tuple[tuple[str, str, str], ...]
+    ) -> list[Branch]:
         """One branch per response the model may pick in each ``choose``."""
         groups = [e.options for e in events if e.kind == "choose"]
         if not groups:
-            return [Branch(events, target)]
+            return [Branch(events, target, routes=routes)]
         branches = []
         for picked in itertools.product(*groups):
             chosen = iter(picked)
@@ -870,7 +882,9 @@ class AbstractMachine:
                 Event("say", next(chosen), e.state) if e.kind == "choose" else e for e in events
             )
             other = any(p != g[0] for p, g in zip(picked, groups, strict=True))
-            branches.append(Branch(resolved, target, choices=picked, other_choice=other))
+            branches.append(
+                Branch(resolved, target, choices=picked, other_choice=other, routes=routes)
+            )
         return branches
 
     # -- whole turns -----------------------------------------------------------------------

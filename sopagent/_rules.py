@@ -62,6 +62,8 @@ CATEGORIES: dict[str, str] = {
     "properties": "The properties a policy declares for `sopagent verify` (docs/verify.md) and"
     " the example values its search tries. `compile_policy` runs these too.",
     "game": "Effects, game state and translations (docs/npc.md). `compile_policy` runs these too.",
+    "testing": "Conversation test files (`*.test.yaml`, docs/testing.md), reported by"
+    " `sopagent test` and the pytest plugin.",
 }
 
 _RULES = (
@@ -765,6 +767,100 @@ _RULES = (
         "No route, state or decision function emits the effect.",
         "Emit it where the procedure does it, or remove the declaration.",
         compile=True,
+    ),
+    Rule(
+        "SOP140",
+        "test-file-format",
+        "error",
+        "testing",
+        "A conversation test file breaks the format",
+        "Not a mapping, a required key missing, a wrong type or format version, or an "
+        "expected value of the wrong type or invalid for its slot or fact type.",
+        "Follow the format of docs/testing.md; the message says which key is wrong.",
+    ),
+    Rule(
+        "SOP141",
+        "test-unknown-key",
+        "error",
+        "testing",
+        "An unknown key in a conversation test file",
+        "The key is not part of the test format; the message names the closest known one.",
+        "Fix the spelling, or remove the key.",
+    ),
+    Rule(
+        "SOP142",
+        "test-policy-missing",
+        "error",
+        "testing",
+        "The policy a test file names does not exist",
+        "`policy:` is resolved relative to the test file; a policy that exists but does "
+        "not load reports its own problems.",
+        "Fix the path.",
+    ),
+    Rule(
+        "SOP143",
+        "test-unknown-intent",
+        "error",
+        "testing",
+        "A step forces an intent the policy does not have",
+        "A forced `intent:` must be one of the policy's intents or out_of_scope.",
+        "Use an intent the policy declares.",
+    ),
+    Rule(
+        "SOP144",
+        "test-unknown-name",
+        "error",
+        "testing",
+        "An expectation names something the policy does not have",
+        "A state, response, slot, fact, intent, outcome or decision function in `expect` "
+        "that the policy lacks can never match.",
+        "Fix the name.",
+    ),
+    Rule(
+        "SOP145",
+        "test-forced-decision",
+        "error",
+        "testing",
+        "A forced decision the policy cannot take",
+        "`decisions:` names a function no state decides with, or an outcome the function "
+        "does not declare.",
+        "Force a declared outcome of a function the policy uses.",
+    ),
+    Rule(
+        "SOP146",
+        "test-opening-not-first",
+        "error",
+        "testing",
+        "An opening step that is not the first",
+        "A step without `user` is the opening turn, which only happens first.",
+        "Move it to the start, or give it a `user` message.",
+    ),
+    Rule(
+        "SOP147",
+        "test-bad-facts",
+        "error",
+        "testing",
+        "A conversation's facts are not the policy's",
+        "`facts` name an unknown fact or give a value invalid for its type.",
+        "Use declared facts with valid values.",
+    ),
+    Rule(
+        "SOP148",
+        "test-duplicate-name",
+        "error",
+        "testing",
+        "Two conversations of a file have the same name",
+        "Names identify conversations in reports and pytest items.",
+        "Give each conversation its own name.",
+    ),
+    Rule(
+        "SOP149",
+        "test-no-files",
+        "error",
+        "testing",
+        "A directory holds no conversation tests",
+        "`sopagent test DIR` found no `*.test.yaml` file in it.",
+        "Point it at test files, or write some (`sopagent test --generate`).",
     ),
 )
 

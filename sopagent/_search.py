@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
     from sopagent._compile import CompiledPolicy, CompiledState
 
-__all__ = ["ModuleState", "search", "slot_text", "value_strategy"]
+__all__ = ["ModuleState", "sample_value", "search", "slot_text", "value_strategy"]
 
 _CURRENCY_SIGNS = {"USD": "$", "EUR": "\u20ac", "GBP": "\u00a3"}
 
@@ -154,6 +154,28 @@ def _valid(kind: SlotType, value: Any) -> bool:
     except ValueError:
         return False
     return True
+
+
+def sample_value(kind: SlotType) -> Any | None:
+    """A valid value of a slot or fact type (JSON form): its first valid example, else the
+    simplest one Hypothesis finds; ``None`` if there is none."""
+    for example in kind.spec.examples:
+        if _valid(kind, example):
+            return kind.to_json(kind.validate(example))
+    from hypothesis import HealthCheck, find, settings  # noqa: PLC0415
+    from hypothesis.errors import NoSuchExample  # noqa: PLC0415
+
+    try:
+        value = find(
+            value_strategy(kind, invalid=False),
+            lambda v: _valid(kind, v),
+            settings=settings(
+                database=None, max_examples=200, suppress_health_check=list(HealthCheck)
+            ),
+        )
+    except NoSuchExample:
+        return None
+    return kind.to_json(kind.validate(value))
 
 
 # --- the search ---------------------------------------------------------------------------

@@ -844,10 +844,42 @@ def conversation_test(
     conversation: dict[str, Any] = {
         "name": f"counterexample to {result.spec.id}: {result.spec.summary()}"
     }
-    if example.facts:
-        conversation["facts"] = dict(example.facts)
+    facts = dict(example.facts)
+    if example.engine == "exhaustive":
+        given = _placeholder_facts(compiled, [r for s in example.steps for r in s.responses])
+        if isinstance(given, str):
+            return given
+        facts.update(given)
+    if facts:
+        conversation["facts"] = facts
     conversation["steps"] = steps
     return {"sopagent_test": 1, "policy": policy_path, "conversations": [conversation]}
+
+
+def _placeholder_facts(compiled: CompiledPolicy, said: Sequence[str]) -> dict[str, Any] | str:
+    """Facts for the placeholders of lines said after forced decisions, which set none.
+
+    The host passes them at the start, so the lines render as they would have.
+    """
+    needed = [
+        name
+        for response in dict.fromkeys(said)
+        for name in compiled.templates[response].placeholders
+        if name in compiled.fact_types
+    ]
+    if not needed:
+        return {}
+    if not _has_hypothesis():
+        return f"writing the facts lines need needs Hypothesis: {SEARCH_INSTALL}"
+    from sopagent._search import sample_value  # noqa: PLC0415 (imports Hypothesis)
+
+    facts: dict[str, Any] = {}
+    for name in dict.fromkeys(needed):
+        value = sample_value(compiled.fact_types[name])
+        if value is None:
+            return f"no valid value of fact {name!r} is found for the lines said"
+        facts[name] = value
+    return facts
 
 
 def _test_step(step: Step, compiled: CompiledPolicy, engine: str) -> dict[str, Any] | str | None:
@@ -939,7 +971,9 @@ def write_counterexamples(
             header.append(
                 "Decision outcomes are forced: the decision functions do not run, so values"
             )
-            header.append("they would have set stay unset.")
+            header.append(
+                "they would have set stay unset; facts the lines said need are given at the start."
+            )
         header.append(
             "The expectations are what the policy did; once it is fixed, update the turn"
             " that breaks it."

@@ -16,12 +16,14 @@ Commands:
 * ``replay AUDIT... --policy NEW``: logged conversations that a new version would change;
 * ``npc POLICY --stdio``: game NPCs for an engine over JSON lines; ``--replay FILE`` replays one;
 * ``export-lines POLICY``: every catalog line of every locale as CSV;
-* ``serve POLICY...``: the HTTP service (extra ``server``); ``new-key``: an API key for it.
+* ``serve POLICY...``: the HTTP service (extra ``server``); ``new-key``: an API key for it;
+* ``test PATH...``: run conversation tests (``--coverage``, ``--backend``, ``--generate``);
+* ``review POLICY -o FILE``: the review document a compliance reviewer signs.
 
 Exit codes: 0 success, 1 findings (``check``, ``approve --status``, ``verify``, ``diff``,
-``replay``, an ``npc --replay`` that diverged from its recording), 2 authoring or usage errors
-(`sopagent.errors.PolicyError`, bad options, malformed input files), 3 run-time faults
-(`sopagent.errors.RuntimeFault`, the embedded backend missing). Heavy modules (rich, the
+``replay``, ``test``, an ``npc --replay`` that diverged from its recording), 2 authoring or
+usage errors (`sopagent.errors.PolicyError`, bad options, malformed input files), 3 run-time
+faults (`sopagent.errors.RuntimeFault`, the embedded backend missing). Heavy modules (rich, the
 embedded model) are imported only by the commands that need them.
 """
 
@@ -1716,6 +1718,184 @@ def new_key(
         KeyRing.from_file(keys)  # the file must still be valid
     typer.echo(secret)
     _err(f"key {entry['id']} for tenant {tenant} added to {keys}; it is shown only now")
+
+
+# --- test, review ----------------------------------------------------------------------------
+
+
+@app.command(name="test")
+def conversation_tests(
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="Conversation test files (*.test.yaml), or directories to search for them.",
+            show_default=False,
+        ),
+    ] = None,
+    *,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            "--backend",
+            metavar="SPEC",
+            help="Classify messages without a forced label with this backend and measure its"
+            " intent accuracy (default: recorded labels, no model). " + _BACKEND_HELP,
+            show_default=False,
+        ),
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the results as one JSON object.")
+    ] = False,
+    show_coverage: Annotated[
+        bool,
+        typer.Option(
+            "--coverage", help="Report the states, routes, intents and responses reached."
+        ),
+    ] = False,
+    generate: Annotated[
+        Path | None,
+        typer.Option(
+            "--generate",
+            metavar="POLICY",
+            help="Write a minimal suite covering every route of POLICY (with -o FILE).",
+            show_default=False,
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", metavar="FILE", help="Where --generate writes the suite."),
+    ] = None,
+) -> None:
+    """Run conversation tests; report expected/actual diffs per step and coverage.
+
+    Exits 0 when every conversation passes, 1 when one fails, 2 on invalid files or options.
+    """
+    from sopagent._coverage import coverage_of  # noqa: PLC0415
+    from sopagent._testing import Suite, render_summary  # noqa: PLC0415
+
+    with _reporting():
+        if generate is not None:
+            if out is None:
+                raise typer.BadParameter("--generate needs -o FILE", param_hint="--out")
+            from sopagent._generate import generate_suite  # noqa: PLC0415
+
+            compiled = _compile(generate)
+            suite_text, report = generate_suite(compiled, generate, out)
+            try:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(suite_text, encoding="utf-8")
+            except OSError as exc:
+                _err(f"error: cannot write {out}: {exc.strerror}")
+                raise typer.Exit(2) from None
+            for line in report.lines():
+                _err(line)
+            if report.uncovered:
+                raise typer.Exit(1)
+            return
+        if not paths:
+            raise typer.BadParameter("give test files or directories", param_hint="PATHS")
+        suite = Suite.load(paths)
+        model = None
+        if backend is not None:
+            compiled_policies = suite.compiled()
+            model = _backend(backend, None, compiled_policies[0])
+        result = suite.run(model)
+        coverages = coverage_of(suite.compiled(), result.results) if show_coverage else None
+        if json_output:
+            document: dict[str, Any] = {
+                "ok": not result.failed,
+                "passed": len(result.results) - len(result.failed),
+                "failed": len(result.failed),
+                "conversations": [r.to_json() for r in result.results],
+                "classification": result.classification(),
+            }
+            if coverages is not None:
+                document["coverage"] = [c.to_json() for c in coverages]
+            typer.echo(json.dumps(document, indent=2, ensure_ascii=False, default=str))
+        else:
+            typer.echo(render_summary(result, coverages))
+        if result.failed:
+            raise typer.Exit(1)
+
+
+class ReviewLayout(StrEnum):
+    """How ``sopagent review`` draws the state diagram."""
+
+    auto = "auto"
+    builtin = "builtin"
+    graphviz = "graphviz"
+
+
+@app.command()
+def review(
+    policy: PolicyArg,
+    *,
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            metavar="FILE",
+            help="The document to write: .html (self-contained page) or .md (Markdown).",
+            show_default=False,
+        ),
+    ],
+    layout: Annotated[
+        ReviewLayout,
+        typer.Option(
+            "--layout",
+            help="Draw the diagram with Graphviz (dot), the built-in layered layout, or"
+            " Graphviz when installed (auto).",
+        ),
+    ] = ReviewLayout.auto,
+    examples: Annotated[
+        int, typer.Option("--examples", min=1, help="Conversations the verify search generates.")
+    ] = 200,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the verify search.")] = 0,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the document's headline figures as JSON.")
+    ] = False,
+) -> None:
+    """Write the review document a compliance reviewer reads and signs.
+
+    Diagram, states and routes, catalog with approvals and hashes, check findings, verify
+    results, coverage of the conversation tests beside the policy, and a sign-off block for
+    the policy hash. Exits 0 when written, 2 on errors in the policy or options.
+    """
+    from sopagent._review import build_review, render_html, render_markdown  # noqa: PLC0415
+
+    suffix = out.suffix.lower()
+    if suffix not in (".html", ".htm", ".md", ".markdown"):
+        raise typer.BadParameter("write a .html or a .md file", param_hint="--out")
+    with _reporting():
+        compiled = _compile(policy)
+        with _progress(compiled.name) as update:
+            try:
+                document = build_review(
+                    compiled, policy, layout=layout.value, examples=examples, seed=seed,
+                    progress=update,
+                )  # fmt: skip
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc), param_hint="--layout") from None
+        text = (
+            render_markdown(document) if suffix in (".md", ".markdown") else render_html(document)
+        )
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            _err(f"error: cannot write {out}: {exc.strerror}")
+            raise typer.Exit(2) from None
+        summary = document.summary()
+        if json_output:
+            typer.echo(json.dumps({"file": str(out), **summary}, indent=2, ensure_ascii=False))
+        else:
+            _err(
+                f"wrote {out}: {compiled.name} {compiled.hash}; {summary['findings']} findings;"
+                f" {summary['proved']}/{summary['properties']} properties proved,"
+                f" {summary['violated']} failing; {summary['conversations_passed']}/"
+                f"{summary['conversations']} conversation tests pass"
+            )
 
 
 # --- entry point -----------------------------------------------------------------------------

@@ -122,6 +122,9 @@ class DecisionRecord(BaseModel):
     state: str
     function: str
     outcome: str
+    forced: bool = Field(
+        default=False, description="The outcome was given (a test), the function did not run."
+    )
 
 
 class Turn(BaseModel):

@@ -20,6 +20,7 @@ RANGES = {
     **dict.fromkeys(("graph", "data", "routing", "code", "approval"), (40, 69)),
     "properties": (70, 89),
     "game": (100, 119),
+    "testing": (140, 159),
 }
 
 
