@@ -268,7 +268,7 @@ class _Runner:
     ) -> list[tuple[Turn, tuple[Route, ...]]] | None:
         agent = _TestAgent(self.compiled, _Recorded())
         try:
-            session = agent.new_session(facts=facts)
+            session = agent.new_session(facts=facts, seed=0)
         except ValueError:
             return None
         out: list[tuple[Turn, tuple[Route, ...]]] = []

@@ -348,7 +348,7 @@ class _Runner:
         if keep_saying:
             repeat = data.draw(st.sampled_from(leads), label="property")
             repeat_from = data.draw(st.integers(0, self.max_turns), label="from turn")
-        session = agent.new_session(facts=facts)
+        session = agent.new_session(facts=facts, seed=0)
         watch = _Watch(specs)
         steps: list[Step] = []
         agent.begin()

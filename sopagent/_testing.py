@@ -129,6 +129,8 @@ class Conversation:
     steps: tuple[ConversationStep, ...]
     facts: Mapping[str, Any] = field(default_factory=dict)
     facts_at: Mapping[str, Location] = field(default_factory=dict)
+    seed: int = 0
+    """Seeds the session's `vary` picks, so a test's lines are the same on every run."""
 
 
 @dataclass(frozen=True)
@@ -212,7 +214,7 @@ def _kind(value: Any) -> str:
 
 
 _FILE_KEYS = ("sopagent_test", "policy", "conversations", "description")
-_CONVERSATION_KEYS = ("name", "description", "facts", "steps")
+_CONVERSATION_KEYS = ("name", "description", "facts", "seed", "steps")
 _STEP_KEYS = ("user", "intent", "decisions", "expect")
 
 
@@ -294,6 +296,10 @@ def _conversation(reader: _Reader, item: Any, at: tuple[str | int, ...]) -> Conv
         for key, value in (given or {}).items():
             facts[str(key)] = value
             facts_at[str(key)] = reader.at(*at, "facts", key)
+    seed = data.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        reader.bad("'seed' is a whole number", *at, "seed")
+        seed = 0
     steps: list[ConversationStep] = []
     raw_steps = data.get("steps")
     if not isinstance(raw_steps, list) or not raw_steps:
@@ -315,7 +321,7 @@ def _conversation(reader: _Reader, item: Any, at: tuple[str | int, ...]) -> Conv
             steps.append(step)
     if name is None:
         return None
-    return Conversation(name, reader.at(*at), tuple(steps), facts, facts_at)
+    return Conversation(name, reader.at(*at), tuple(steps), facts, facts_at, seed)
 
 
 def _step(
@@ -479,6 +485,29 @@ def _read_decisions(value: Any, compiled: CompiledPolicy) -> dict[str, str]:
     return out
 
 
+def _read_effects(value: Any, compiled: CompiledPolicy) -> list[dict[str, dict[str, Any]]]:
+    """Effects written as ``[{give_item: {item: silver_key}}, ...]``, in emission order."""
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list of effects, not {_kind(value)}")
+    out: list[dict[str, dict[str, Any]]] = []
+    for written in value:
+        item = {written: {}} if isinstance(written, str) else written
+        if not isinstance(item, dict) or len(item) != 1:
+            raise ValueError("each effect is written as {name: {argument: value, ...}}")
+        ((name, args),) = item.items()
+        _name("effect", name, compiled.effect_types)
+        if args is None:
+            args = {}
+        if not isinstance(args, dict):
+            raise ValueError(f"the arguments of {name!r} are a mapping, not {_kind(args)}")
+        out.append({name: dict(args)})
+    return out
+
+
+def _effects(observed: Observed, expected: Any) -> list[dict[str, dict[str, Any]]]:  # noqa: ARG001
+    return [{e.name: dict(e.args)} for e in observed.turn.effects]
+
+
 def _decisions(observed: Observed, expected: Any) -> dict[str, str]:  # noqa: ARG001
     # A function that decides twice in one turn is compared by its last outcome.
     return {d.function: d.outcome for d in observed.turn.decisions}
@@ -545,6 +574,12 @@ EXPECTATIONS: dict[str, Expectation] = {
             "the outcome of each decision function that decided in the turn, all of them",
             _read_decisions,
             _decisions,
+        ),
+        Expectation(
+            "effects",
+            "the effects emitted, in order, each as {name: {argument: value}}",
+            _read_effects,
+            _effects,
         ),
         Expectation(
             "ended",
@@ -839,7 +874,7 @@ def _converse(checked: _Checked, index: int, backend: Backend | None) -> Convers
     conversation = checked.file.conversations[index]
     recorded = _Recorded()
     agent = _TestAgent(compiled, backend if backend is not None else recorded)
-    session = agent.new_session(facts=checked.facts[index])
+    session = agent.new_session(facts=checked.facts[index], seed=conversation.seed)
     results: list[StepResult] = []
     opening_turn: Turn | None = None
     opening_routes: tuple[Route, ...] = ()
