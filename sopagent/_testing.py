@@ -66,7 +66,7 @@ __all__ = [
 SUFFIX = ".test.yaml"
 FORMAT_VERSION = 1
 
-# Problem codes of conversation test files (SOP140-SOP159).
+# Problem codes of conversation test files (SOP140-SOP149).
 MALFORMED = "SOP140"
 UNKNOWN_KEY = "SOP141"
 POLICY_MISSING = "SOP142"

@@ -120,11 +120,12 @@ class _SlotBase(_Model):
         default=None, description="Response said when a value was found but failed validation."
     )
     personal: bool = Field(default=False, description="Personal data: masked in audit logs.")
-    examples: list[str | int | float | bool] = Field(
+    examples: list[str | int | float | bool | list[str] | dict[str, int]] = Field(
         default_factory=list,
         max_length=100,
-        description="Typical valid values. `sopagent verify` tries them first; for facts, it"
-        " starts generated conversations with them as the host would.",
+        description="Typical valid values (a list of ids for a set fact, id -> count for a"
+        " counts fact). `sopagent verify` and `sopagent test --generate` try them first; for"
+        " facts, they start generated conversations with them as the host would.",
     )
 
 

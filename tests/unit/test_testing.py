@@ -204,17 +204,15 @@ def test_forced_decisions_do_not_run_the_function(tmp_path: Path) -> None:
           - name: forced
             facts: {gold: 80}
             steps:
-              - user: I want the key
+              - user: I'll take the key
               - user: "10"
-                intent: gold_offer
+                intent: buy_key
                 decisions: {weigh_offer: sold}
                 expect:
                   state: sold_out
                   decisions: {weigh_offer: sold}
-                  facts: {gold: 80, has_silver_key: false, trade: none}
-                  text: >-
-                    Done and done! The silver key is yours. That leaves you 80 gold for my
-                    other fine wares.
+                  facts: {gold: 80}
+                  effects: [{give_item: {item: silver_key}}]
         """,
         MERCHANT,
     )
@@ -222,8 +220,8 @@ def test_forced_decisions_do_not_run_the_function(tmp_path: Path) -> None:
     assert result.passed, render_failure(result)
     (decided,) = result.steps[1].turn.decisions
     assert decided.forced
-    unforced = write(tmp_path, "  - {name: a, facts: {gold: 80}, steps: [{user: I want the key},"
-                     " {user: '10', intent: gold_offer, expect: {outcome: sold}}]}\n",
+    unforced = write(tmp_path, "  - {name: a, facts: {gold: 80}, steps: [{user: I'll take the key},"
+                     " {user: '10', intent: buy_key, expect: {outcome: sold}}]}\n",
                      MERCHANT, name="b.test.yaml")  # fmt: skip
     (failed,) = run(unforced)
     assert failed.failed_step.mismatches[0].actual == "no_moonstone"
