@@ -97,6 +97,7 @@ def _trie(labels: dict[str, list[int]]) -> _Node:
 
 
 _MAX_SHORTLISTS = 256
+_SEARCH_ABOVE = 16  # labels a trie may have before scoring becomes a branch-and-bound search
 
 
 @dataclass
@@ -109,6 +110,7 @@ class _Prefix:
     prior: dict[str, float] | None = None
     label_tokens: dict[str, list[int]] = field(default_factory=dict)
     shortlists: OrderedDict[tuple[str, ...], _Node] = field(default_factory=OrderedDict)
+    bounds: dict[int, tuple[float, float]] = field(default_factory=dict)  # node id -> offsets
 
     def subtrie(self, candidates: tuple[str, ...]) -> _Node:
         """The trie of only ``candidates`` (labels of this prefix), built once per shortlist."""
@@ -118,6 +120,7 @@ class _Prefix:
             self.shortlists[candidates] = found
             if len(self.shortlists) > _MAX_SHORTLISTS:
                 self.shortlists.popitem(last=False)
+                self.bounds.clear()  # keyed by node id: ids of dropped nodes may come back
         else:
             self.shortlists.move_to_end(candidates)
         return found
@@ -167,10 +170,16 @@ class LlamaCppBackend:
                 provider=self.name,
             )
         candidates = tuple(c for c in request.candidates if c in allowed)
+        # Scoring every branch of a large trie costs a forward pass per branch; when no label
+        # folds into out_of_scope, a branch-and-bound search finds the same best label.
+        scored = candidates or tuple(label.name for label in vocabulary)
+        search = len(scored) > _SEARCH_ABOVE and allowed.issuperset(scored)
         with self._lock:
             key, prefix = self._classify_prefix(vocabulary, request.key)
             trie = prefix.subtrie(candidates) if candidates else prefix.trie
-            probabilities, usage = self._score(key, prefix, request.text, "Intent:", trie=trie)
+            probabilities, usage = self._score(
+                key, prefix, request.text, "Intent:", trie=trie, search=search
+            )
             slots: dict[str, str] = {}
             for slot, values in request.slot_choices.items():
                 slot_key = f"slot:{request.key}:{slot}"
@@ -306,8 +315,19 @@ class LlamaCppBackend:
         *,
         calibrate: bool = True,
         trie: _Node | None = None,
+        search: bool = False,
     ) -> tuple[dict[str, float], Usage]:
+        """Score the labels of ``trie`` after the message.
+
+        With ``search``, branches that cannot hold the best label are not evaluated: the best
+        label is the same, their probability mass still enters the normalisation (exactly
+        without calibration, with their labels' typical calibration otherwise), and the
+        returned scores cover only the labels scored.
+        """
         evaluated = self._activate(key, prefix)
+        calibrating = bool(self._calibration and calibrate)
+        if search and calibrating and prefix.prior is None:
+            self._calibrate(prefix, answer, {})  # the bias bounds the search: measure it first
         message = self._tokens(message_suffix(text, answer))
         room = int(self.llm.n_ctx()) - len(prefix.tokens) - 16
         if len(message) > room:
@@ -315,12 +335,29 @@ class LlamaCppBackend:
         self._eval(message)
         evaluated += len(message)
         logprobs: dict[str, float] = {}
-        evaluated += self._walk(trie or prefix.trie, self._logits(), 0.0, logprobs)
-        if self._calibration and calibrate:
+        pruned: list[float] = []
+        root = trie or prefix.trie
+        if search:
+            offsets = self._offsets(prefix) if calibrating else {}
+            bounds: dict[int, tuple[float, float]] = prefix.bounds if calibrating else {}
+            evaluated += self._search(
+                root,
+                self._logits(),
+                0.0,
+                logprobs,
+                offsets,
+                prefix.prior or {},
+                bounds,
+                [-math.inf],
+                pruned,
+            )
+        else:
+            evaluated += self._walk(root, self._logits(), 0.0, logprobs)
+        if calibrating:
             logprobs = self._calibrate(prefix, answer, logprobs)
-        top = max(logprobs.values())
+        top = max((*logprobs.values(), *pruned))
         weights = {name: math.exp(lp - top) for name, lp in logprobs.items()}
-        total = sum(weights.values())
+        total = sum(weights.values()) + sum(math.exp(bound - top) for bound in pruned)
         probabilities = {name: w / total for name, w in weights.items()}
         usage = Usage(
             calls=1,
@@ -358,6 +395,80 @@ class LlamaCppBackend:
             for label, value in logprobs.items()
         }
 
+    def _offsets(self, prefix: _Prefix) -> dict[str, float]:
+        """What calibration adds to each label's log-probability (see `_calibrate`)."""
+        prior = prefix.prior or {}
+        inside = [v for k, v in prior.items() if k != _OUT_OF_SCOPE]
+        if not inside:
+            return {}
+        centre = sum(inside) / len(inside)
+        return {
+            label: -self._calibration * (value - centre)
+            for label, value in prior.items()
+            if label != _OUT_OF_SCOPE
+        }
+
+    def _search(
+        self,
+        node: _Node,
+        logits: Any,
+        logprob: float,
+        out: dict[str, float],
+        offsets: dict[str, float],
+        prior: dict[str, float],
+        bounds: dict[int, tuple[float, float]],
+        best: list[float],
+        pruned: list[float],
+    ) -> int:
+        """Branch and bound over the trie: most probable branches first, hopeless ones skipped.
+
+        A branch's labels are at most as probable as the branch, plus the largest calibration
+        offset among them, so a branch whose bound is below the best label found so far cannot
+        hold the best label. Its mass, calibrated by its labels' typical offset (see
+        `_offset_range`), goes to ``pruned`` for the normalisation. Returns the tokens
+        evaluated.
+        """
+        options = list(node.children)
+        if node.label is not None:
+            if not options:
+                out[node.label] = logprob
+                best[0] = max(best[0], logprob + offsets.get(node.label, 0.0))
+                return 0
+            options.append(self._newline)
+        if len(options) == 1:
+            values = [0.0]
+        else:
+            raw = [float(logits[token]) for token in options]
+            top = max(raw)
+            norm = top + math.log(sum(math.exp(v - top) for v in raw))
+            values = [v - norm for v in raw]
+        evaluated = 0
+        position = self.llm.n_tokens
+        for value, token in sorted(zip(values, options, strict=True), reverse=True):
+            here = logprob + value
+            if token == self._newline and node.label is not None and token not in node.children:
+                out[node.label] = here
+                best[0] = max(best[0], here + offsets.get(node.label, 0.0))
+                continue
+            child = node.children[token]
+            largest, typical = _offset_range(child, offsets, prior, bounds)
+            if here + largest < best[0]:
+                # Its exact mass, with its labels' typical calibration, still normalises.
+                pruned.append(here + typical)
+                continue
+            if _branches(child):
+                self.llm.n_tokens = position
+                self._eval([token])
+                evaluated += 1 + self._search(
+                    child, self._logits(), here, out, offsets, prior, bounds, best, pruned
+                )
+            else:
+                for label in _labels(child):
+                    out[label] = here
+                    best[0] = max(best[0], here + offsets.get(label, 0.0))
+        self.llm.n_tokens = position
+        return evaluated
+
     def _walk(self, node: _Node, logits: Any, logprob: float, out: dict[str, float]) -> int:
         """Score the trie below ``node``; return how many extra tokens were evaluated."""
         options = list(node.children)
@@ -390,6 +501,33 @@ class LlamaCppBackend:
                     out[label] = logprob + value
         self.llm.n_tokens = position
         return evaluated
+
+
+def _offset_range(
+    node: _Node,
+    offsets: dict[str, float],
+    prior: dict[str, float],
+    memo: dict[int, tuple[float, float]],
+) -> tuple[float, float]:
+    """The largest calibration offset among the labels below ``node``, and their typical one.
+
+    The typical offset is what calibration does to the branch's mass if the mass is shared
+    among its labels as the prompt's own bias shares it (the scores after a content-free
+    message): the log of the offsets' exponentials weighted by those shares.
+    """
+    if not offsets:
+        return 0.0, 0.0
+    found = memo.get(id(node))
+    if found is None:
+        labels = _labels(node)
+        values = [offsets.get(label, 0.0) for label in labels]
+        shares = [prior.get(label, 0.0) for label in labels]
+        top = max(shares)
+        weights = [math.exp(v - top) for v in shares]
+        mixed = sum(w * math.exp(o) for w, o in zip(weights, values, strict=True))
+        found = (max(values), math.log(mixed / sum(weights)))
+        memo[id(node)] = found
+    return found
 
 
 def _branches(node: _Node) -> bool:

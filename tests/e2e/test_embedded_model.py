@@ -240,3 +240,70 @@ def test_shortlist_of_the_embedded_model_in_a_conversation(backend: LlamaCppBack
     assert turn.intent == "request_refund"
     assert turn.answered_by == "llamacpp"
     assert session.state == "ask_order"
+
+
+TWENTY = {
+    "check_balance": "how much money is in my checking account",
+    "transfer_money": "move 200 dollars from savings to checking",
+    "lost_card": "I lost my credit card yesterday",
+    "card_declined": "why was my card declined at the store",
+    "change_pin": "I need to change the pin on my card",
+    "book_flight": "book me a flight to Boston next Monday",
+    "flight_status": "is my flight to Denver on time",
+    "book_hotel": "find me a hotel room in Paris for two nights",
+    "car_rental": "I want to rent a car at the airport",
+    "weather": "what's the weather going to be like tomorrow",
+    "set_alarm": "set an alarm for 6 in the morning",
+    "play_music": "play some jazz music",
+    "translate": "how do you say thank you in Spanish",
+    "calendar_update": "move my dentist appointment to Friday",
+    "recipe": "how do I make lasagna",
+    "restaurant_reservation": "reserve a table for four at an Italian place",
+    "order_status": "where is the package I ordered last week",
+    "pay_bill": "pay my electricity bill",
+    "tell_joke": "tell me something funny",
+    "timezone": "what time is it in Tokyo right now",
+}
+
+
+def test_large_label_sets_are_searched_not_walked(backend: LlamaCppBackend) -> None:
+    """With more than 16 labels, branch and bound finds the same best label for fewer tokens."""
+    intents = {
+        name: {"description": f"The user asks about {name.replace('_', ' ')}.", "examples": [text]}
+        for name, text in TWENTY.items()
+    }
+    policy = sopagent.Policy.model_validate(
+        {
+            "sopagent": 1, "name": "twenty", "catalog": "c.yaml", "initial": "ask",
+            "intents": intents,
+            "global": {"fallback": {"say": "no"}, "error": {"say": "no"}},
+            "states": {"ask": {"say": "hi", "on": {n: {"say": "ok"} for n in TWENTY}}},
+        }
+    )  # fmt: skip
+    catalog = sopagent.Catalog.model_validate(
+        {"sopagent": 1, "catalog": "c", "responses": {"hi": "Hi", "no": "No", "ok": "OK"}}
+    )
+    compiled = sopagent.compile_policy(policy, catalog)
+    state = compiled.states["ask"]
+    texts = [
+        "can you tell me my account balance",
+        "my card got stolen",
+        "reserve a hotel near the beach",
+        "will it rain this weekend",
+        "sing me a song about cats",
+    ]
+    backend.warm(compiled.vocabulary, compiled.hash)
+    searched = walked = 0
+    for text in texts:
+        request = ClassifyRequest(
+            text=text, labels=state.labels, vocabulary=compiled.vocabulary, key=compiled.hash
+        )
+        answer = backend.classify(request)
+        with backend._lock:
+            key, prefix = backend._classify_prefix(compiled.vocabulary, compiled.hash)
+            exact, usage = backend._score(key, prefix, text, "Intent:", search=False)
+        assert answer.intent == max(exact, key=exact.__getitem__), text
+        assert abs(answer.score - exact[answer.intent]) < 0.15, text
+        searched += answer.usage.prompt_tokens - answer.usage.cached_tokens
+        walked += usage.prompt_tokens - usage.cached_tokens
+    assert searched < walked
