@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _report import median, write_json
+from _report import median, row, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -194,8 +194,34 @@ def measure(sizes: list[int], intents: int, reps: int, baseline_rev: str | None)
     for previous, current in itertools.pairwise(results):
         for key in ("load_check_s", "check_s", "compile_s", "peak_check_mib"):
             current[f"growth_{key}"] = current[key] / previous[key] if previous[key] else None
+    figures = []
+    for r in results:
+        total = r["load_s"] + r["check_s"] + r["compile_s"]
+        figures.append(
+            row(
+                f"{r['states']:,} states, {intents} intents: load + check + compile",
+                total,
+                "s",
+                baseline=r["parse_s"],
+                baseline_name="parsing the same YAML (yaml.CSafeLoader)",
+                note=f"peak {r['peak_compile_mib']:.0f} MiB",
+                n=reps,
+            )
+        )
+    for previous, current in itertools.pairwise(figures):
+        figures.append(
+            row(
+                f"growth {previous['name'].split(' states')[0]} -> {current['name']}",
+                current["value"],
+                "s",
+                baseline=previous["value"],
+                baseline_name=f"{previous['name'].split(',')[0]}",
+                note="x10 states: linear growth is a ratio near 10",
+            )
+        )
     return {
         "benchmark": "check_scale",
+        "figures": figures,
         "python": sys.version.split()[0],
         "cpus": os.cpu_count(),
         "load_average_before": before,

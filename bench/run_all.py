@@ -1,12 +1,15 @@
 """Run every benchmark and collect the figures in one table and bench/results/latest.json.
 
-Runs, each in its own interpreter: ``bench/overhead.py`` (framework overhead with the scripted
-backend), ``bench/embedded_turns.py`` (per-turn latency and tokens with the embedded model),
-``bench/clinc_eval.py`` (intent accuracy on CLINC150) and ``bench/npc.py`` (game NPCs: turn
-overhead, model turns, memory of 1,000 NPCs, state size), all with ``--json``. Their own output
-goes to stderr; stdout gets one markdown table with machine information on top.
+Runs, each in its own interpreter with ``--json``: ``overhead.py`` (framework cost per turn
+against raw transitions), ``sessions.py`` (memory of 100,000 live sessions, restoring one),
+``check_scale.py`` (load, check and compile of generated policies of 100 to 10,000 states),
+``start.py`` (import and ``sopagent chat`` start-up), ``embedded_turns.py`` (turns on the
+embedded model against a raw llama.cpp forward pass, tokens per turn), ``clinc_eval.py``
+(intent accuracy on CLINC150) and ``npc.py`` (game NPCs). Their own output goes to stderr;
+stdout gets one markdown table with machine information on top, then the performance targets
+with the figure that decides each, its baseline, the ratio and whether it is met.
 
-    python bench/run_all.py [--quick] [--only NAME ...] [--out FILE]
+    python bench/run_all.py [--quick] [--only NAME ...] [--out FILE]    (or: make bench)
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -26,7 +30,58 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-BENCHMARKS = ("overhead", "embedded_turns", "clinc_eval", "npc")
+BENCHMARKS = (
+    "overhead",
+    "sessions",
+    "check_scale",
+    "start",
+    "embedded_turns",
+    "clinc_eval",
+    "npc",
+)
+# Options per benchmark (full run, --quick run) where they differ from none / --quick.
+OPTIONS: dict[str, tuple[list[str], list[str]]] = {
+    "clinc_eval": ([], ["--oos", "200", "--limit", "100"]),
+    "check_scale": (
+        ["--sizes", "100", "1000", "10000", "--intents", "50", "--reps", "3"],
+        ["--sizes", "100", "1000", "10000", "--intents", "50", "--reps", "1"],
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    """A performance target: a figure of one benchmark and the limit it must stay within."""
+
+    goal: str
+    benchmark: str
+    figure: str  # the start of the figure's name
+    limit: float
+    on: str = "value"  # or "ratio"
+
+
+TARGETS = (
+    Target("framework turn <= 25 µs", "overhead", "turn, median over the conversation (Mem", 25),
+    Target(
+        "framework turn <= 4x a raw trigger",
+        "overhead",
+        "turn, median over the conversation (Mem",
+        4,
+        "ratio",
+    ),
+    Target("100,000 live sessions < 300 MB", "sessions", "100,000 live refund sessions", 300),
+    Target("restore a session < 20 µs", "sessions", "restore a session", 20),
+    Target("10,000 states load+check+compile < 3 s", "check_scale", "10,000 states", 3),
+    Target("import sopagent < 150 ms", "start", "import sopagent", 150),
+    Target("sopagent chat ready < 2 s", "start", "sopagent chat: launch to greeting", 2000),
+    Target(
+        "model turn <= 1.3x its limit (forward pass)",
+        "embedded_turns",
+        "warm model turns, paired",
+        1.3,
+        "ratio",
+    ),
+)
 
 
 def cpu_model() -> str:
@@ -91,9 +146,8 @@ def machine_info() -> dict[str, Any]:
 
 def run_benchmark(name: str, quick: bool, workdir: Path) -> dict[str, Any]:
     out = workdir / f"{name}.json"
-    options: list[str] = []
-    if quick:
-        options = ["--oos", "200", "--limit", "100"] if name == "clinc_eval" else ["--quick"]
+    full, fast = OPTIONS.get(name, ([], ["--quick"]))
+    options = fast if quick else full
     shown = " ".join([f"bench/{name}.py", *options])
     command = [sys.executable, str(HERE / f"{name}.py"), *options, "--json", str(out)]
     print(f"$ python {shown} --json ...", file=sys.stderr, flush=True)
@@ -164,12 +218,38 @@ def table(info: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:
             high = "" if r.get("p90") is None else fmt(r["p90"], r["unit"])
             value = fmt(r["value"], r["unit"])
             lines.append(f"| {name} | {r['name']} | {value} | {high} | {base} | {ratio} |")
-    lines.append("")
+    lines += ["", *targets(results), ""]
     lines.append(
         "Commands (each with --json): "
         + ", ".join(f"`{run['command']}` ({run['seconds']} s)" for run in results.values())
     )
     return "\n".join(lines)
+
+
+def targets(results: dict[str, dict[str, Any]]) -> list[str]:
+    """The performance targets, each with its figure, baseline, ratio and whether it is met."""
+    lines = [
+        "| target | figure | value | baseline | ratio | met |",
+        "|---|---|---:|---|---:|:---:|",
+    ]
+    for target in TARGETS:
+        run = results.get(target.benchmark)
+        if run is None:
+            continue
+        found = [r for r in run["result"]["figures"] if r["name"].startswith(target.figure)]
+        if not found:
+            lines.append(f"| {target.goal} | (no figure) | | | | |")
+            continue
+        r = found[0]
+        measured = r["ratio"] if target.on == "ratio" else r["value"]
+        met = "yes" if measured is not None and measured <= target.limit else "**no**"
+        base = ""
+        if r.get("baseline") is not None:
+            base = f"{fmt(r['baseline'], r['unit'])} ({r['baseline_name']})"
+        ratio = "" if r.get("ratio") is None else f"{r['ratio']:g}x"
+        value = fmt(r["value"], r["unit"])
+        lines.append(f"| {target.goal} | {r['name']} | {value} | {base} | {ratio} | {met} |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

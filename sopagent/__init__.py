@@ -8,34 +8,89 @@ model call per turn at most), and an audit event per turn. `load_agent` does all
 
 from __future__ import annotations
 
-from pathlib import Path
+from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from sopagent._agent import Agent
-from sopagent._compile import CompiledPolicy, compile_policy
-from sopagent._load import load_catalog, load_policy
-from sopagent._npc import Npc, Recording, Replay, replay
-from sopagent.audit import AuditSink, JsonLinesSink, MemorySink, StructlogSink
-from sopagent.backends import Backend
-from sopagent.backends._scripted import ScriptedBackend
-from sopagent.decisions import Context, Outcome, decision
-from sopagent.errors import (
-    BackendAnswerError,
-    BackendError,
-    BackendTimeout,
-    BackendUnavailable,
-    DecisionError,
-    PolicyError,
-    PolicyLoadError,
-    RuntimeFault,
-    SessionError,
-    SopError,
-)
-from sopagent.policy import Catalog, Policy
-from sopagent.session import Effect, Session, Turn, Utterance
-
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from sopagent._agent import Agent
+    from sopagent._compile import CompiledPolicy, compile_policy
+    from sopagent._load import load_catalog, load_policy
+    from sopagent._npc import Npc, Recording, Replay, replay
+    from sopagent.audit import AuditSink, JsonLinesSink, MemorySink, StructlogSink
+    from sopagent.backends import Backend
+    from sopagent.backends._scripted import ScriptedBackend
     from sopagent.backends.llamacpp import LlamaCppBackend
+    from sopagent.decisions import Context, Outcome, decision
+    from sopagent.errors import (
+        BackendAnswerError,
+        BackendError,
+        BackendTimeout,
+        BackendUnavailable,
+        DecisionError,
+        PolicyError,
+        PolicyLoadError,
+        RuntimeFault,
+        SessionError,
+        SopError,
+    )
+    from sopagent.policy import Catalog, Policy
+    from sopagent.session import Effect, Session, Turn, Utterance
+
+# Where each public name lives. They are imported on first use, so that `import sopagent`
+# costs nothing until something is used, and a decision module importing `decision` does not
+# load the agent, the compiler or pydantic's policy models.
+_HOME = {
+    "Agent": "sopagent._agent",
+    "CompiledPolicy": "sopagent._compile",
+    "compile_policy": "sopagent._compile",
+    "load_catalog": "sopagent._load",
+    "load_policy": "sopagent._load",
+    "Npc": "sopagent._npc",
+    "Recording": "sopagent._npc",
+    "Replay": "sopagent._npc",
+    "replay": "sopagent._npc",
+    "AuditSink": "sopagent.audit",
+    "JsonLinesSink": "sopagent.audit",
+    "MemorySink": "sopagent.audit",
+    "StructlogSink": "sopagent.audit",
+    "Backend": "sopagent.backends",
+    "ScriptedBackend": "sopagent.backends._scripted",
+    "Context": "sopagent.decisions",
+    "Outcome": "sopagent.decisions",
+    "decision": "sopagent.decisions",
+    "BackendAnswerError": "sopagent.errors",
+    "BackendError": "sopagent.errors",
+    "BackendTimeout": "sopagent.errors",
+    "BackendUnavailable": "sopagent.errors",
+    "DecisionError": "sopagent.errors",
+    "PolicyError": "sopagent.errors",
+    "PolicyLoadError": "sopagent.errors",
+    "RuntimeFault": "sopagent.errors",
+    "SessionError": "sopagent.errors",
+    "SopError": "sopagent.errors",
+    "Catalog": "sopagent.policy",
+    "Policy": "sopagent.policy",
+    "Effect": "sopagent.session",
+    "Session": "sopagent.session",
+    "Turn": "sopagent.session",
+    "Utterance": "sopagent.session",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module 'sopagent' has no attribute {name!r}")
+    value = getattr(import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOME))
+
 
 __all__ = [
     "Agent",
@@ -109,5 +164,9 @@ def load_agent(
         PolicyError: the policy, its catalog or its decision modules have errors, or approval
             is required and some response is not approved.
     """
+    from sopagent._agent import Agent  # noqa: PLC0415 (loaded on first use)
+    from sopagent._compile import compile_policy  # noqa: PLC0415
+    from sopagent._load import load_policy  # noqa: PLC0415
+
     compiled = compile_policy(load_policy(path), require_approved=require_approved)
     return Agent(compiled, backend if backend is not None else embedded(), audit=audit)

@@ -21,11 +21,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from pydantic import BaseModel
+
 from sopagent._compile import CompiledPolicy, CompiledRoute, CompiledState
 from sopagent._effects import CompiledEffect, resolve, validate_returned
 from sopagent._locales import LocaleTable
 from sopagent._slots import Found, SlotType
-from sopagent.audit import AuditSink, StructlogSink
+from sopagent.audit import AuditSink, NullSink, StructlogSink
 from sopagent.backends import (
     Backend,
     ChooseRequest,
@@ -36,7 +38,15 @@ from sopagent.backends import (
 from sopagent.decisions import Context, HistoryItem, Outcome, declared_effects, declared_reads
 from sopagent.errors import BackendError, DecisionError, RuntimeFault, SessionError
 from sopagent.policy import OUT_OF_SCOPE
-from sopagent.session import DecisionRecord, Effect, Session, SessionTurn, Turn, Utterance
+from sopagent.session import (
+    DecisionRecord,
+    Effect,
+    Session,
+    SessionTurn,
+    Turn,
+    Utterance,
+    trusted,
+)
 
 __all__ = ["Agent"]
 
@@ -48,6 +58,7 @@ _FILLER = frozenset({
     "okay", "yes",
 })  # fmt: skip
 _MAX_INPUT = 2000
+_PUNCTUATION = re.compile(r"[^\w\s]")
 Source = Literal["model", "example", "slots", "forced", "none", "error"]
 
 
@@ -88,7 +99,7 @@ class Heard:
     error: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Work:
     """A turn's scratch copy of the session; committed only if the turn succeeds."""
 
@@ -172,6 +183,16 @@ class Agent:
         self.backend = backend
         self.audit: AuditSink = audit if audit is not None else StructlogSink()
         self._machine = compiled.machine
+        # Patterned slots first, so free numbers do not swallow an id.
+        self._collect_order = {
+            name: tuple(
+                sorted(
+                    state.collect,
+                    key=lambda n: 0 if getattr(compiled.slot_types[n].spec, "pattern", None) else 1,
+                )
+            )
+            for name, state in compiled.states.items()
+        }
         self._personal = {name for name, slot in compiled.policy.slots.items() if slot.personal} | {
             name for name, fact in compiled.policy.facts.items() if fact.personal
         }
@@ -345,7 +366,8 @@ class Agent:
             error = f"{type(exc).__name__}: {exc}"
             classified = _Classified(None, 0.0, "error", Usage(calls=1), {})
         usage = classified.usage
-        return Turn(
+        return trusted(
+            Turn,
             session_id=session.id,
             index=session.turns,
             user_text=text,
@@ -520,22 +542,33 @@ class Agent:
                 classified.source = "error"
 
         # Commit.
+        commit: dict[str, Any] = {}
         if not failed and (text is not None or not session.started):
-            session.state = work.state
-            session.slots = work.slots
-            session.facts = work.facts
-            session.ended = session.ended or work.ended
-            session.started = True
+            commit.update(
+                state=work.state,
+                slots=work.slots,
+                facts=work.facts,
+                ended=session.ended or work.ended,
+                started=True,
+            )
         if text is not None:
-            session.turns += 1
-        spent = session.usage
-        spent.model_calls += usage.calls
-        spent.prompt_tokens += usage.prompt_tokens
-        spent.completion_tokens += usage.completion_tokens
-        spent.cached_tokens += usage.cached_tokens
+            commit["turns"] = session.turns + 1
+        _assign(session, commit)
+        if usage.calls or usage.prompt_tokens or usage.completion_tokens:
+            spent = session.usage
+            _assign(
+                spent,
+                {
+                    "model_calls": spent.model_calls + usage.calls,
+                    "prompt_tokens": spent.prompt_tokens + usage.prompt_tokens,
+                    "completion_tokens": spent.completion_tokens + usage.completion_tokens,
+                    "cached_tokens": spent.cached_tokens + usage.cached_tokens,
+                },
+            )
         index = session.turns if text is not None else 0
         session.history.append(
-            SessionTurn(
+            trusted(
+                SessionTurn,
                 user=text,
                 intent=classified.intent,
                 state=session.state,
@@ -550,7 +583,8 @@ class Agent:
                 understood = replace(understood, choices=tuple(work.chosen))
             tape.append(understood)
         slot_types = compiled.slot_types
-        turn = Turn(
+        turn = trusted(
+            Turn,
             session_id=session.id,
             index=index,
             user_text=text,
@@ -576,7 +610,8 @@ class Agent:
 
     def _empty_turn(self, session: Session) -> Turn:
         """What `start` returns for a session already started: nothing happened."""
-        return Turn(
+        return trusted(
+            Turn,
             session_id=session.id,
             index=0,
             user_text=None,
@@ -597,12 +632,7 @@ class Agent:
     ) -> tuple[dict[str, Found], list[tuple[int, int]]]:
         found: dict[str, Found] = {}
         taken: list[tuple[int, int]] = []
-        # Patterned slots first, so free numbers do not swallow an id.
-        order = sorted(
-            state.collect,
-            key=lambda n: 0 if getattr(self.compiled.slot_types[n].spec, "pattern", None) else 1,
-        )
-        for name in order:
+        for name in self._collect_order[state.name]:
             hit = self.compiled.slot_types[name].find(text, taken)
             if hit is not None:
                 found[name] = hit
@@ -622,7 +652,7 @@ class Agent:
             return _Classified(forced, 1.0, "forced", Usage(), {})
         table = self._local(locale)
         local = table is not None and table.vocabulary is not None
-        normalized = " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+        normalized = " ".join(_PUNCTUATION.sub(" ", text.lower()).split())
         examples = table.examples[state.name] if table is not None and local else state.examples
         example = examples.get(normalized)
         if example is not None:
@@ -834,7 +864,9 @@ class Agent:
         forced = work.forced.get(name)
         if forced is not None:
             work.decisions.append(
-                DecisionRecord(state=state.name, function=name, outcome=forced, forced=True)
+                trusted(
+                    DecisionRecord, state=state.name, function=name, outcome=forced, forced=True
+                )
             )
             return forced
         compiled = self.compiled
@@ -919,7 +951,9 @@ class Agent:
                         name=effect.name, args=args, state=state.name, origin="decide"
                     )
                 )
-        work.decisions.append(DecisionRecord(state=state.name, function=name, outcome=result.name))
+        work.decisions.append(
+            trusted(DecisionRecord, state=state.name, function=name, outcome=result.name)
+        )
         return result.name
 
     def _local(self, locale: str | None) -> LocaleTable | None:
@@ -949,7 +983,9 @@ class Agent:
                 else:
                     raise _RouteFault(f"response {response!r} needs {{{name}}}, which has no value")
             text_out = template.text.format_map(values)
-            out.append(Utterance(id=response, text=text_out, hash=template.hash, locale=locale))
+            out.append(
+                trusted(Utterance, id=response, text=text_out, hash=template.hash, locale=locale)
+            )
         return tuple(out)
 
     def _choose(self, work: _Work, options: tuple[str, ...], text: str) -> str:
@@ -995,6 +1031,8 @@ class Agent:
         return {"name": effect.name, "args": args}
 
     def _emit(self, session: Session, turn: Turn, allowed: frozenset[str]) -> None:
+        if type(self.audit) is NullSink:
+            return  # no event is built for a sink that drops it
         slots = {
             name: _mask(self._audit_key, value) if name in self._personal else value
             for name, value in turn.slots.items()
@@ -1030,6 +1068,21 @@ class Agent:
                 "ended": turn.ended,
             }
         )
+
+
+def _assign(target: Any, values: dict[str, Any]) -> None:
+    """Set attributes of a session (or its usage) that the turn loop computed.
+
+    The values already have the fields' types, so a pydantic model's fields are written
+    directly, without its per-assignment bookkeeping; other stand-ins get ``setattr``.
+    """
+    fields = getattr(target, "__dict__", None)
+    if isinstance(target, BaseModel) and fields is not None:
+        fields.update(values)
+        target.__pydantic_fields_set__.update(values)
+    else:
+        for name, value in values.items():
+            setattr(target, name, value)
 
 
 def _update(facts: dict[str, Any], given: Mapping[str, Any]) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
 
 from sopagent.errors import SessionError
 
@@ -179,3 +181,46 @@ class Turn(BaseModel):
     def outcome(self) -> str | None:
         """The outcome of the last decision function that ran, if any."""
         return self.decisions[-1].outcome if self.decisions else None
+
+
+_Model = TypeVar("_Model", bound=BaseModel)
+_DEFAULTS: dict[type[BaseModel], tuple[dict[str, Any], dict[str, FieldInfo]]] = {}
+_ALL_FIELDS: dict[type[BaseModel], set[str]] = {}
+
+
+def trusted(cls: type[_Model], **fields: Any) -> _Model:
+    """Build ``cls`` from values the turn loop has already validated, without validating again.
+
+    Missing fields take their defaults. Only for the run step's own values: anything from
+    outside goes through the model's validation.
+    """
+    defaults = _DEFAULTS.get(cls)
+    if defaults is None:
+        if cls.model_config.get("frozen"):
+            _ALL_FIELDS[cls] = set(cls.model_fields)
+        static = {
+            name: info.default
+            for name, info in cls.model_fields.items()
+            if info.default is not PydanticUndefined
+        }
+        factories = {
+            name: info
+            for name, info in cls.model_fields.items()
+            if info.default_factory is not None
+        }
+        defaults = _DEFAULTS[cls] = (static, factories)
+    static, factories = defaults
+    values = {**static, **fields}
+    for name, info in factories.items():
+        if name not in fields:
+            values[name] = info.get_default(call_default_factory=True, validated_data=values)
+    model = cls.__new__(cls)
+    object.__setattr__(model, "__dict__", values)
+    # A frozen model's set of fields never changes, so instances built here share one.
+    fields_set = _ALL_FIELDS.get(cls) if cls.model_config.get("frozen") else None
+    if fields_set is None:
+        fields_set = set(fields)
+    object.__setattr__(model, "__pydantic_fields_set__", fields_set)
+    object.__setattr__(model, "__pydantic_extra__", None)
+    object.__setattr__(model, "__pydantic_private__", None)
+    return model
