@@ -184,7 +184,7 @@ class Turn(BaseModel):
 
 
 _Model = TypeVar("_Model", bound=BaseModel)
-_DEFAULTS: dict[type[BaseModel], tuple[dict[str, Any], dict[str, FieldInfo]]] = {}
+_DEFAULTS: dict[type[BaseModel], tuple[tuple[str, Any, FieldInfo | None], ...]] = {}
 _ALL_FIELDS: dict[type[BaseModel], set[str]] = {}
 
 
@@ -198,22 +198,21 @@ def trusted(cls: type[_Model], **fields: Any) -> _Model:
     if defaults is None:
         if cls.model_config.get("frozen"):
             _ALL_FIELDS[cls] = set(cls.model_fields)
-        static = {
-            name: info.default
+        defaults = _DEFAULTS[cls] = tuple(
+            (name, info.default, info if info.default_factory is not None else None)
             for name, info in cls.model_fields.items()
-            if info.default is not PydanticUndefined
-        }
-        factories = {
-            name: info
-            for name, info in cls.model_fields.items()
-            if info.default_factory is not None
-        }
-        defaults = _DEFAULTS[cls] = (static, factories)
-    static, factories = defaults
-    values = {**static, **fields}
-    for name, info in factories.items():
-        if name not in fields:
-            values[name] = info.get_default(call_default_factory=True, validated_data=values)
+        )
+    # In the fields' declared order: serialization follows it.
+    values: dict[str, Any] = {}
+    for name, default, factory in defaults:
+        if name in fields:
+            values[name] = fields[name]
+        elif factory is not None:
+            values[name] = factory.get_default(call_default_factory=True, validated_data=values)
+        elif default is PydanticUndefined:
+            raise TypeError(f"{cls.__name__} needs a value for {name!r}")
+        else:
+            values[name] = default
     model = cls.__new__(cls)
     object.__setattr__(model, "__dict__", values)
     # A frozen model's set of fields never changes, so instances built here share one.
