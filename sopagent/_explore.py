@@ -36,10 +36,11 @@ from typing_extensions import override
 
 from sopagent._agent import Agent, _Classified, _RouteFault, _Work
 from sopagent._compile import CompiledPolicy, CompiledState
+from sopagent._effects import CompiledEffect
 from sopagent._slots import Found
 from sopagent.audit import NullSink
 from sopagent.backends import Choice, ChooseRequest, Classification, ClassifyRequest, Usage
-from sopagent.decisions import DecisionFunction
+from sopagent.decisions import DecisionFunction, declared_effects
 from sopagent.errors import BackendError
 from sopagent.policy import OUT_OF_SCOPE
 from sopagent.session import DecisionRecord, Session, SessionUsage, Turn
@@ -55,9 +56,10 @@ __all__ = [
     "TurnPath",
     "Update",
     "decision_updates",
+    "effect_text",
 ]
 
-EventKind = Literal["intent", "filled", "enter", "say", "choose", "decision", "ended"]
+EventKind = Literal["intent", "filled", "enter", "say", "choose", "decision", "effect", "ended"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +69,9 @@ class Event:
     Attributes:
         kind: ``intent`` (the turn's label), ``filled`` (a slot or fact given a value),
             ``enter`` (a state entered), ``say`` (a response), ``choose`` (the model picks one
-            of ``options``; only before the choice is known), ``decision``, ``ended``.
-        name: the label, slot or fact, state, response or decision function.
+            of ``options``; only before the choice is known), ``decision``, ``effect`` (an
+            effect emitted), ``ended``.
+        name: the label, slot or fact, state, response, decision function or effect.
         state: the state it happened in (for ``intent``: the state that waited).
         outcome: a decision's outcome.
         options: the responses of a ``choose``.
@@ -76,6 +79,9 @@ class Event:
         values: slot and fact values (JSON form) when it happened; ``None`` in the abstract
             machine, where values are unknown. For a decision: the values it was given.
         index: for ``say`` and ``choose``, the position among the turn's responses.
+        args: for ``effect``: the arguments known (JSON form), in declaration order.
+        unknown: for ``effect``: the parameters whose value the abstract machine does not
+            know (taken from a slot or fact, or returned by a decision function).
     """
 
     kind: EventKind
@@ -86,10 +92,14 @@ class Event:
     maybe: bool = False
     values: Mapping[str, Any] | None = field(default=None, compare=False, hash=False)
     index: int = field(default=-1, compare=False, hash=False)
+    args: tuple[tuple[str, Any], ...] = field(default=(), compare=False, hash=False)
+    unknown: frozenset[str] = field(default=frozenset(), compare=False, hash=False)
 
     def __str__(self) -> str:
         if self.kind == "decision":
             return f"decision {self.name}={self.outcome}"
+        if self.kind == "effect":
+            return f"effect {effect_text(self)}"
         if self.kind == "enter":
             return f"state {self.name}"
         if self.kind == "choose":
@@ -97,6 +107,14 @@ class Event:
         if self.kind == "ended":
             return "end"
         return f"{self.kind} {self.name}"
+
+
+def effect_text(event: Event) -> str:
+    """An effect event as a call, e.g. ``give_item(item=silver_key)``; ``?`` for unknowns."""
+    known = dict(event.args)
+    parts = [f"{k}={v}" for k, v in known.items()]
+    parts += [f"{k}=?" for k in sorted(event.unknown - set(known))]
+    return f"{event.name}({', '.join(parts)})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -522,11 +540,35 @@ class Recorder(Agent):
         self.sync(work)
 
     @override
+    def _effects(
+        self, work: _Work, effects: tuple[CompiledEffect, ...], state: str, origin: str
+    ) -> None:
+        self.sync(work)
+        emitted = len(work.effects)
+        super()._effects(work, effects, state, origin)
+        self._emitted(work, emitted)
+
+    def _emitted(self, work: _Work, since: int) -> None:
+        """Record the effects of ``work`` from index ``since`` on."""
+        values = self._values(work)
+        for effect in work.effects[since:]:
+            self.events.append(
+                Event(
+                    "effect",
+                    effect.name,
+                    effect.state or work.state,
+                    values=values,
+                    args=tuple(effect.args.items()),
+                )
+            )
+
+    @override
     def _decide(self, work: _Work, state: CompiledState, intent: str | None) -> str:
         self.sync(work)
         before = dict(work.slots), dict(work.facts)
+        emitted = len(work.effects)
         outcome = super()._decide(work, state, intent)
-        self._decided(work, state, outcome, before)
+        self._decided(work, state, outcome, before, emitted)
         return outcome
 
     def _decided(
@@ -535,10 +577,12 @@ class Recorder(Agent):
         state: CompiledState,
         outcome: str,
         before: tuple[dict[str, Any], dict[str, Any]],
+        emitted: int,
     ) -> None:
         values = {**before[1], **before[0]} if self.concrete else None
         name = state.decide_name or "?"
         self.events.append(Event("decision", name, state.name, outcome, values=values))
+        self._emitted(work, emitted)
         after = self._values(work)
         for old, new in ((before[0], work.slots), (before[1], work.facts)):
             for key, value in new.items():
@@ -642,7 +686,33 @@ class _Adversary(Recorder):
             self.events.extend(Event("filled", f, state.name, maybe=True) for f in facts)
         else:
             self.events.extend(Event("filled", f, state.name) for f in sorted(update.facts))
+        # The code may return each effect it declares for the outcome, with any arguments.
+        declared = self.compiled.policy.effects
+        for effect in declared_effects(state.decide).get(outcome, ()) if state.decide else ():
+            params = frozenset(declared[effect].params)
+            self.events.append(Event("effect", effect, state.name, maybe=True, unknown=params))
         return outcome
+
+    @override
+    def _effects(
+        self, work: _Work, effects: tuple[CompiledEffect, ...], state: str, origin: str
+    ) -> None:
+        """Effects with their constant arguments; those read from values are unknown."""
+        self.sync(work)
+        slots = self.compiled.slot_types
+        for effect in effects:
+            for param, source in effect.refs:
+                if source in slots and source not in work.slots:
+                    raise _RouteFault(f"effect {effect.name!r} in {state!r}: {param} has no value")
+            self.events.append(
+                Event(
+                    "effect",
+                    effect.name,
+                    state,
+                    args=effect.constants,
+                    unknown=frozenset(param for param, _ in effect.refs),
+                )
+            )
 
     @override
     def _render(self, work: _Work, text: str) -> tuple[Any, ...]:

@@ -1,9 +1,10 @@
 """Properties of a policy: checked against the policy, then compiled into event matchers.
 
 A policy's ``properties`` name events (a state entered, a response said, an intent classified,
-a decision outcome, a slot or fact filled, the end) by id or glob, optionally with a ``where``
-condition on slot and fact values. `check_properties` reports every unknown name and every
-condition that cannot be read or compares values of different kinds (SOP070-SOP078);
+a decision outcome, a slot or fact filled, an effect emitted, the end) by id or glob, optionally
+with a ``where`` condition on slot and fact values (and, for an effect, on its arguments).
+`check_properties` reports every unknown name and every condition that cannot be read or
+compares values of different kinds (SOP070-SOP079);
 `compile_properties` resolves globs and conditions once, for `sopagent verify`.
 
 Conditions are a small expression language::
@@ -12,8 +13,8 @@ Conditions are a small expression language::
     trade == "bought" or offer < key_price
     refund_reference is set
 
-Names are slots or facts; a bare name is true when it has a true value; a comparison with a
-name that has no value is false.
+Names are slots or facts (and an effect's parameters, in an effect event); a bare name is true
+when it has a true value; a comparison with a name that has no value is false.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from sopagent.policy import (
     AtMostOnceProperty,
     Catalog,
     DecisionEvent,
+    EffectEvent,
     EndedEvent,
     Event,
     FilledEvent,
@@ -385,6 +387,8 @@ class Matcher:
     outcome: str | None = None
     where: Condition | None = None
     text: str = ""
+    args: tuple[tuple[str, Any], ...] = ()
+    """For an effect: the arguments it must have, in JSON form."""
 
     def __str__(self) -> str:
         return self.text
@@ -407,9 +411,14 @@ class PropertySpec:
 
     @property
     def uses_values(self) -> bool:
-        """Whether any of its events has a ``where`` condition."""
+        """Whether any of its events has a ``where`` condition or is an effect.
+
+        An effect's arguments taken from values or returned by code are unknown to the
+        abstract machine, and an effect a decision function returns may or may not come.
+        """
         return any(
-            m.where is not None for m in (*self.target, *self.guard, *self.other, *self.reset)
+            m.where is not None or m.kind == "effect"
+            for m in (*self.target, *self.guard, *self.other, *self.reset)
         )
 
     def summary(self) -> str:
@@ -464,6 +473,9 @@ class _Names:
         self.responses = list(catalog.responses)
         self.intents = [*policy.intents, OUT_OF_SCOPE]
         self.values = [*policy.slots, *policy.facts]
+        self.effects: dict[str, list[str]] = {
+            name: list(effect.params) for name, effect in policy.effects.items()
+        }
         self.decisions: dict[str, list[str]] = {}
         for state in policy.states.values():
             if state.decide is None:
@@ -486,6 +498,26 @@ def _types(policy: Policy) -> dict[str, SlotType]:
     types = {name: compile_slot(name, spec) for name, spec in policy.facts.items()}
     types.update({name: compile_slot(name, spec) for name, spec in policy.slots.items()})
     return types
+
+
+def _effect_types(
+    policy: Policy, effects: Iterable[str], types: Mapping[str, SlotType]
+) -> dict[str, SlotType]:
+    """Slot and fact types with the parameters of ``effects`` over them (the first wins)."""
+    params: dict[str, SlotType] = {}
+    for name in effects:
+        for param, spec in policy.effects[name].params.items():
+            params.setdefault(param, compile_slot(param, spec))
+    return {**types, **params}
+
+
+def _effect_arg(kind: SlotType, value: Any) -> Any:
+    """An argument value of a property in the JSON form effects carry.
+
+    Raises:
+        ValueError: the value is not valid for the parameter.
+    """
+    return kind.to_json(kind.validate(value))
 
 
 class _PropertyChecker:
@@ -617,15 +649,57 @@ class _PropertyChecker:
             self.unknown(
                 "SOP075", "slot or fact", event.filled, names.values, self.locate(*path, "filled")
             )
+        types: Mapping[str, SlotType] = self.types
+        if isinstance(event, EffectEvent):
+            effects = _resolve(event.effect, list(names.effects))
+            if not effects:
+                self.unknown(
+                    "SOP079",
+                    "effect",
+                    event.effect,
+                    list(names.effects),
+                    self.locate(*path, "effect"),
+                )
+                if event.where is not None or event.args:
+                    return
+            types = _effect_types(self.policy, effects, self.types)
+            for param, value in (event.args or {}).items():
+                self.effect_arg(effects, param, value, self.locate(*path, "args", param))
         if event.where is not None:
             try:
-                parse_condition(event.where, self.types)
+                parse_condition(event.where, types)
             except ConditionError as exc:
                 self.problem(
                     exc.code,
                     f"condition {event.where!r}: {exc} (at character {exc.offset + 1})",
                     self.locate(*path, "where"),
                 )
+
+    def effect_arg(self, effects: Sequence[str], param: str, value: Any, at: Location) -> None:
+        """Report a parameter none of ``effects`` has, or a value one of them cannot take."""
+        having = [e for e in effects if param in self.names.effects[e]]
+        if not having:
+            known = sorted({p for e in effects for p in self.names.effects[e]})
+            close = difflib.get_close_matches(param, known, n=1)
+            self.problem(
+                "SOP079",
+                f"effect {' or '.join(effects)} has no parameter {param!r}"
+                f" (it has {', '.join(known) or 'none'})",
+                at,
+                f"did you mean {close[0]!r}?" if close else "",
+            )
+            return
+        for effect in having:
+            kind = compile_slot(param, self.policy.effects[effect].params[param])
+            try:
+                _effect_arg(kind, value)
+            except ValueError as exc:
+                self.problem(
+                    "SOP079",
+                    f"{value!r} is not a valid {param} of effect {effect!r}: {exc}",
+                    at,
+                )
+                return
 
 
 def _roles(prop: Property) -> Iterable[tuple[str | tuple[str | int, ...], list[Event]]]:
@@ -673,6 +747,9 @@ def _event_text(event: Event) -> str:
         text = f"decision {text}"
     elif isinstance(event, FilledEvent):
         text = f"filled {event.filled}"
+    elif isinstance(event, EffectEvent):
+        args = ", ".join(f"{k}={v}" for k, v in (event.args or {}).items())
+        text = f"effect {event.effect}" + (f"({args})" if args else "")
     else:
         text = "end"
     if event.where is not None:
@@ -680,9 +757,24 @@ def _event_text(event: Event) -> str:
     return text
 
 
-def _matcher(event: Event, names: _Names, types: Mapping[str, SlotType]) -> Matcher:
-    where = parse_condition(event.where, types) if event.where is not None else None
+def _matcher(event: Event, names: _Names, types: Mapping[str, SlotType], policy: Policy) -> Matcher:
     text = _event_text(event)
+    if isinstance(event, EffectEvent):
+        effects = _resolve(event.effect, list(names.effects))
+        params = _effect_types(policy, effects, {})
+        args = tuple(
+            (param, _effect_arg(params[param], value))
+            for param, value in (event.args or {}).items()
+        )
+        where_types = {**types, **params}
+        return Matcher(
+            "effect",
+            frozenset(effects),
+            where=parse_condition(event.where, where_types) if event.where is not None else None,
+            text=text,
+            args=args,
+        )
+    where = parse_condition(event.where, types) if event.where is not None else None
     if isinstance(event, StateEvent):
         return Matcher(
             "enter", frozenset(_resolve(event.state, names.states)), where=where, text=text
@@ -718,7 +810,7 @@ def compile_properties(
     types = _types(policy)
 
     def matchers(events: Sequence[Event] | None) -> tuple[Matcher, ...]:
-        return tuple(_matcher(e, names, types) for e in events or ())
+        return tuple(_matcher(e, names, types, policy) for e in events or ())
 
     specs: list[PropertySpec] = []
     for pid, prop in policy.properties.items():

@@ -1260,6 +1260,8 @@ def replay(
             )
         if changed:
             raise typer.Exit(1)
+
+
 # --- npc -------------------------------------------------------------------------------------
 
 
@@ -1399,6 +1401,8 @@ def export_lines(
             raise typer.Exit(2) from None
         rows = text.count("\n") - 1
         _err(f"{rows} line{'s' if rows != 1 else ''} written to {out}")
+
+
 # --- check and approve -----------------------------------------------------------------------
 
 
