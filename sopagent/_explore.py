@@ -92,8 +92,8 @@ class Event:
     maybe: bool = False
     values: Mapping[str, Any] | None = field(default=None, compare=False, hash=False)
     index: int = field(default=-1, compare=False, hash=False)
-    args: tuple[tuple[str, Any], ...] = field(default=(), compare=False, hash=False)
-    unknown: frozenset[str] = field(default=frozenset(), compare=False, hash=False)
+    args: tuple[tuple[str, Any], ...] = field(default=(), hash=False)
+    unknown: frozenset[str] = field(default=frozenset(), hash=False)
 
     def __str__(self) -> str:
         if self.kind == "decision":
@@ -219,6 +219,9 @@ class Update:
 
     ``slots_unknown``: the slot updates could not be read; any slot may be set or cleared.
     ``facts_unknown``: likewise for facts; any fact may be set.
+    ``effects``: the effects returned, in order, as ``(name, constant arguments, parameters
+    given by expressions)``; ``effects_unknown``: they could not be read, so any effect the
+    function declares for the outcome may come, with any arguments.
     """
 
     sets: frozenset[str] = frozenset()
@@ -226,10 +229,55 @@ class Update:
     facts: frozenset[str] = frozenset()
     slots_unknown: bool = False
     facts_unknown: bool = False
+    effects: tuple[tuple[str, tuple[tuple[str, Any], ...], frozenset[str]], ...] = ()
+    effects_unknown: bool = False
 
 
 _NO_UPDATE = Update()
-_UNKNOWN = Update(slots_unknown=True, facts_unknown=True)
+_UNKNOWN = Update(slots_unknown=True, facts_unknown=True, effects_unknown=True)
+
+ReadEffect = tuple[str, tuple[tuple[str, Any], ...], frozenset[str]]
+
+
+def _effect_list(node: ast.expr | None) -> tuple[ReadEffect, ...] | None:
+    """The effects of a literal list of ``Effect(name=..., args={...})``; ``None``: unreadable.
+
+    Constant argument values are kept; any other expression makes its parameter unknown.
+    """
+    if node is None or (isinstance(node, ast.Constant) and node.value is None):
+        return ()
+    if not isinstance(node, ast.List | ast.Tuple):
+        return None
+    out: list[ReadEffect] = []
+    for item in node.elts:
+        if not isinstance(item, ast.Call):
+            return None
+        func = item.func
+        if (func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)) != "Effect":
+            return None
+        given: dict[str, ast.expr] = dict(zip(("name", "args"), item.args, strict=False))
+        for keyword in item.keywords:
+            if keyword.arg is None:
+                return None
+            given[keyword.arg] = keyword.value
+        name = given.get("name")
+        if not (isinstance(name, ast.Constant) and isinstance(name.value, str)):
+            return None
+        args = given.get("args")
+        known: list[tuple[str, Any]] = []
+        unknown: set[str] = set()
+        if args is not None:
+            if not isinstance(args, ast.Dict):
+                return None
+            for key, value in zip(args.keys, args.values, strict=True):
+                if not (isinstance(key, ast.Constant) and isinstance(key.value, str)):
+                    return None
+                if isinstance(value, ast.Constant) and isinstance(value.value, str | int | bool):
+                    known.append((key.value, value.value))
+                else:
+                    unknown.add(key.value)
+        out.append((name.value, tuple(known), frozenset(unknown)))
+    return tuple(out)
 
 
 class _Unreadable(Exception):  # noqa: N818 (internal signal, never raised to callers)
@@ -307,7 +355,7 @@ class _Reader:
             if name != "Outcome":
                 raise _Unreadable
             arguments: dict[str, ast.expr] = dict(
-                zip(("name", "slots", "facts"), node.args, strict=False)
+                zip(("name", "slots", "facts", "effects"), node.args, strict=False)
             )
             for keyword in node.keywords:
                 if keyword.arg is None:
@@ -315,12 +363,15 @@ class _Reader:
                 arguments[keyword.arg] = keyword.value
             slots = _keys(arguments.get("slots"))
             facts = _keys(arguments.get("facts"))
+            effects = _effect_list(arguments.get("effects"))
             update = Update(
                 sets=slots[0] if slots else frozenset(),
                 clears=slots[1] if slots else frozenset(),
                 facts=facts[0] if facts else frozenset(),
                 slots_unknown=slots is None,
                 facts_unknown=facts is None,
+                effects=effects or (),
+                effects_unknown=effects is None,
             )
             return [(o, update) for o in self.outcomes(arguments.get("name"))]
         return [(o, _NO_UPDATE) for o in self.outcomes(node)]
@@ -548,9 +599,11 @@ class Recorder(Agent):
         super()._effects(work, effects, state, origin)
         self._emitted(work, emitted)
 
-    def _emitted(self, work: _Work, since: int) -> None:
-        """Record the effects of ``work`` from index ``since`` on."""
-        values = self._values(work)
+    def _emitted(
+        self, work: _Work, since: int, values: Mapping[str, Any] | None = None
+    ) -> None:
+        """Record the effects of ``work`` from index ``since`` on (``values``: when emitted)."""
+        values = self._values(work) if values is None else values
         for effect in work.effects[since:]:
             self.events.append(
                 Event(
@@ -582,7 +635,8 @@ class Recorder(Agent):
         values = {**before[1], **before[0]} if self.concrete else None
         name = state.decide_name or "?"
         self.events.append(Event("decision", name, state.name, outcome, values=values))
-        self._emitted(work, emitted)
+        # A decision's effects see the values the decision was given, not those it set.
+        self._emitted(work, emitted, values)
         after = self._values(work)
         for old, new in ((before[0], work.slots), (before[1], work.facts)):
             for key, value in new.items():
@@ -686,11 +740,31 @@ class _Adversary(Recorder):
             self.events.extend(Event("filled", f, state.name, maybe=True) for f in facts)
         else:
             self.events.extend(Event("filled", f, state.name) for f in sorted(update.facts))
-        # The code may return each effect it declares for the outcome, with any arguments.
         declared = self.compiled.policy.effects
-        for effect in declared_effects(state.decide).get(outcome, ()) if state.decide else ():
-            params = frozenset(declared[effect].params)
-            self.events.append(Event("effect", effect, state.name, maybe=True, unknown=params))
+        allowed = declared_effects(state.decide).get(outcome, ()) if state.decide else ()
+        if update.effects_unknown:
+            # The code may return each effect it declares for the outcome, with any arguments.
+            for effect in allowed:
+                every = frozenset(declared[effect].params)
+                self.events.append(Event("effect", effect, state.name, maybe=True, unknown=every))
+        else:
+            types = self.compiled.effect_types
+            for effect, known, unknown in update.effects:
+                if effect not in allowed:
+                    raise _RouteFault(
+                        f"{name} returns effect {effect!r}, which it does not declare"
+                    )
+                params = types[effect]
+                args: list[tuple[str, Any]] = []
+                vague = set(unknown)
+                for param, value in known:
+                    try:
+                        args.append((param, params[param].to_json(params[param].validate(value))))
+                    except (KeyError, ValueError):
+                        vague.add(param)
+                self.events.append(
+                    Event("effect", effect, state.name, args=tuple(args), unknown=frozenset(vague))
+                )
         return outcome
 
     @override

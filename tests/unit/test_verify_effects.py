@@ -269,3 +269,29 @@ def test_a_clean_effect_property_checks_clean(write_policy: Writer) -> None:
     """The shop with its effect properties compiles: no problem is found."""
     compiled, _ = shop(write_policy, PAID)
     assert list(compiled.policy.properties) == ["key_paid_for"]
+
+
+def test_effects_returned_by_code_are_read_from_it(write_policy: Writer) -> None:
+    """A literal `effects=[Effect(...)]` is read as certain; an expression leaves it possible."""
+    prop = (
+        "  paid_first:\n"
+        "    never: {effect: give_item, args: {item: silver_key}}\n"
+        "    before: [{effect: take_gold}, {effect: take_item}]\n"
+        "    reset: {state: '*'}\n"
+    )
+    compiled, _ = shop(write_policy, prop)
+    read = results(verify(compiled, engines=["exhaustive"]))["paid_first"]
+    assert read.exhaustive.status == "proved"
+    hidden = SHOP_DECISIONS.replace(
+        'effects=[Effect(name="take_gold", args={"amount": offer})]',
+        "effects=pay(offer)",
+    ) + ('\n\ndef pay(offer):\n    return [Effect(name="take_gold", args={"amount": offer})]\n')
+    path = write_policy(
+        policy=SHOP_POLICY.replace("SWAP", SWAP_FIRST) + "properties:\n" + prop,
+        catalog=SHOP_CATALOG,
+        decisions="PRICE = 50\n" + hidden,
+    )
+    compiled = compile_policy(load_policy(path))
+    unread = results(verify(compiled, examples=60))["paid_first"]
+    assert unread.exhaustive.status == "unknown"
+    assert unread.search.status == "passed"
