@@ -599,9 +599,7 @@ class Recorder(Agent):
         super()._effects(work, effects, state, origin)
         self._emitted(work, emitted)
 
-    def _emitted(
-        self, work: _Work, since: int, values: Mapping[str, Any] | None = None
-    ) -> None:
+    def _emitted(self, work: _Work, since: int, values: Mapping[str, Any] | None = None) -> None:
         """Record the effects of ``work`` from index ``since`` on (``values``: when emitted)."""
         values = self._values(work) if values is None else values
         for effect in work.effects[since:]:
