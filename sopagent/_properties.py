@@ -12,9 +12,12 @@ Conditions are a small expression language::
     order_total > 100 and not verified
     trade == "bought" or offer < key_price
     refund_reference is set
+    inventory.moonstone >= 1 and not "crypt_quest" in flags
 
 Names are slots or facts (and an effect's parameters, in an effect event); a bare name is true
-when it has a true value; a comparison with a name that has no value is false.
+when it has a true value; a comparison with a name that has no value is false. ``counts.key``
+is the count of one key of a counts fact (0 when the key is absent); ``"id" in name`` tests a
+member of a set fact (or a key with a count above 0 of a counts fact).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from sopagent.policy import (
     EndedEvent,
     Event,
     FilledEvent,
+    IntegerSlot,
     IntentEvent,
     LeadsToProperty,
     NeverBothProperty,
@@ -80,9 +84,11 @@ class ConditionError(ValueError):
 
 _TOKEN = re.compile(
     r"\s*(?:(?P<number>-?\d+(?:\.\d+)?)|(?P<string>\"[^\"]*\"|'[^']*')"
-    r"|(?P<op>==|!=|<=|>=|<|>|\(|\))|(?P<name>[A-Za-z_][A-Za-z0-9_]*))"
+    r"|(?P<op>==|!=|<=|>=|<|>|\(|\))|(?P<name>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?))"
 )
-_WORDS = frozenset({"and", "or", "not", "is", "set", "true", "false"})
+_WORDS = frozenset({"and", "or", "not", "is", "in", "set", "true", "false"})
+_COUNT = compile_slot("count", IntegerSlot(type="integer"))
+"""The type of ``counts.key``: an integer."""
 _ORDERED = frozenset({"integer", "decimal", "money", "date"})
 _NUMERIC = frozenset({"integer", "decimal", "money"})
 
@@ -147,6 +153,8 @@ class _Parser:
         self.tokens = _tokens(text)
         self.index = 0
         self.names: set[str] = set()
+        self.counts: dict[str, tuple[str, str]] = {}
+        """``counts.key`` operands: the fact and the key they read."""
 
     def peek(self) -> _Token | None:
         return self.tokens[self.index] if self.index < len(self.tokens) else None
@@ -205,6 +213,8 @@ class _Parser:
             self.index += 1
             return inner
         left = self.operand()
+        if self.word("in"):
+            return self.member(left)
         if self.word("is"):
             negated = self.word("not")
             if not self.word("set"):
@@ -223,8 +233,84 @@ class _Parser:
         if left.name is None:
             raise ConditionError("a value alone is not a condition; compare it", left.offset)
         name = left.name
+        if name in self.counts:
+            read = self.count_of(name)
+            return lambda values: bool(read(values))
         kind = self.types[name]
         return lambda values: values.get(name) is not None and bool(kind.from_json(values[name]))
+
+    def type_of(self, name: str) -> SlotType:
+        return _COUNT if name in self.counts else self.types[name]
+
+    def count_of(self, name: str) -> Callable[[Values], Any]:
+        """Read ``counts.key``: ``None`` without the fact, else the count (0 if absent)."""
+        base, key = self.counts[name]
+
+        def read(values: Values) -> Any:
+            raw = values.get(base)
+            return None if raw is None else Decimal(raw.get(key, 0))
+
+        return read
+
+    def member(self, left: _Operand) -> Evaluate:
+        """``"id" in name``: a member of a set fact, or a key counted above 0."""
+        token = self.peek()
+        if left.name is not None or left.kind != "string":
+            raise ConditionError("'in' takes a quoted id on its left", left.offset, code="SOP077")
+        if token is None or token.kind != "name" or token.text in _WORDS:
+            raise self.fail("expected a set or counts fact after 'in'")
+        self.index += 1
+        kind = self.types.get(token.text)
+        if kind is None:
+            close = difflib.get_close_matches(token.text, sorted(self.types), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConditionError(
+                f"{token.text!r} is neither a slot nor a fact{hint}", token.offset, code="SOP075"
+            )
+        if kind.kind not in ("set", "counts"):
+            raise ConditionError(
+                f"{token.text} is {_a(kind.kind)}; 'in' tests a set or counts fact",
+                token.offset,
+                code="SOP077",
+            )
+        allowed = getattr(kind.spec, "values" if kind.kind == "set" else "keys", None)
+        member = str(left.literal)
+        if allowed is not None and member not in allowed:
+            raise ConditionError(
+                f"{member!r} is not a possible member of {token.text} ({', '.join(allowed)})",
+                left.offset,
+                code="SOP077",
+            )
+        name = token.text
+        self.names.add(name)
+        if kind.kind == "set":
+            return lambda values: values.get(name) is not None and member in values[name]
+        return lambda values: bool((values.get(name) or {}).get(member, 0))
+
+    def counted(self, token: _Token) -> _Operand:
+        """``counts.key``: the count of one key of a counts fact."""
+        base, _, key = token.text.partition(".")
+        kind = self.types.get(base)
+        if kind is None:
+            close = difflib.get_close_matches(base, sorted(self.types), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConditionError(
+                f"{base!r} is neither a slot nor a fact{hint}", token.offset, code="SOP075"
+            )
+        if kind.kind != "counts":
+            raise ConditionError(
+                f"{base} is {_a(kind.kind)}; only a counts fact has keys (name.key)",
+                token.offset,
+                code="SOP077",
+            )
+        keys = getattr(kind.spec, "keys", None)
+        if keys is not None and key not in keys:
+            raise ConditionError(
+                f"{key!r} is not a key of {base} ({', '.join(keys)})", token.offset, code="SOP077"
+            )
+        self.names.add(base)
+        self.counts[token.text] = (base, key)
+        return _Operand(token.text, None, "integer", token.offset)
 
     def operand(self) -> _Operand:
         token = self.peek()
@@ -235,6 +321,8 @@ class _Parser:
             return _Operand(None, token.text, "number", token.offset)
         if token.kind == "string":
             return _Operand(None, token.text[1:-1], "string", token.offset)
+        if token.kind == "name" and "." in token.text:
+            return self.counted(token)
         if token.kind == "name":
             if token.text in ("true", "false"):
                 return _Operand(None, token.text == "true", "boolean", token.offset)
@@ -269,7 +357,7 @@ class _Parser:
             raise ConditionError(
                 f"{named.name} is {_a(kind)}; only == and != compare it", left.offset, code="SOP077"
             )
-        named_type = self.types[named.name]  # type: ignore[index]
+        named_type = self.type_of(named.name)  # type: ignore[arg-type]
         left_value = self.value_of(left, named_type)
         right_value = self.value_of(right, named_type)
         compare = _COMPARE[op]
@@ -287,6 +375,8 @@ class _Parser:
         return evaluate
 
     def value_of(self, operand: _Operand, named: SlotType) -> Callable[[Values], Any]:
+        if operand.name is not None and operand.name in self.counts:
+            return self.count_of(operand.name)
         if operand.name is not None:
             name = operand.name
             slot_type = self.types[name]
