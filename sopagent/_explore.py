@@ -36,10 +36,11 @@ from typing_extensions import override
 
 from sopagent._agent import Agent, _Classified, _RouteFault, _Work
 from sopagent._compile import CompiledPolicy, CompiledState
+from sopagent._effects import CompiledEffect
 from sopagent._slots import Found
 from sopagent.audit import NullSink
 from sopagent.backends import Choice, ChooseRequest, Classification, ClassifyRequest, Usage
-from sopagent.decisions import DecisionFunction
+from sopagent.decisions import DecisionFunction, declared_effects
 from sopagent.errors import BackendError
 from sopagent.policy import OUT_OF_SCOPE
 from sopagent.session import DecisionRecord, Session, SessionUsage, Turn
@@ -55,9 +56,10 @@ __all__ = [
     "TurnPath",
     "Update",
     "decision_updates",
+    "effect_text",
 ]
 
-EventKind = Literal["intent", "filled", "enter", "say", "choose", "decision", "ended"]
+EventKind = Literal["intent", "filled", "enter", "say", "choose", "decision", "effect", "ended"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +69,9 @@ class Event:
     Attributes:
         kind: ``intent`` (the turn's label), ``filled`` (a slot or fact given a value),
             ``enter`` (a state entered), ``say`` (a response), ``choose`` (the model picks one
-            of ``options``; only before the choice is known), ``decision``, ``ended``.
-        name: the label, slot or fact, state, response or decision function.
+            of ``options``; only before the choice is known), ``decision``, ``effect`` (an
+            effect emitted), ``ended``.
+        name: the label, slot or fact, state, response, decision function or effect.
         state: the state it happened in (for ``intent``: the state that waited).
         outcome: a decision's outcome.
         options: the responses of a ``choose``.
@@ -76,6 +79,9 @@ class Event:
         values: slot and fact values (JSON form) when it happened; ``None`` in the abstract
             machine, where values are unknown. For a decision: the values it was given.
         index: for ``say`` and ``choose``, the position among the turn's responses.
+        args: for ``effect``: the arguments known (JSON form), in declaration order.
+        unknown: for ``effect``: the parameters whose value the abstract machine does not
+            know (taken from a slot or fact, or returned by a decision function).
     """
 
     kind: EventKind
@@ -86,10 +92,14 @@ class Event:
     maybe: bool = False
     values: Mapping[str, Any] | None = field(default=None, compare=False, hash=False)
     index: int = field(default=-1, compare=False, hash=False)
+    args: tuple[tuple[str, Any], ...] = field(default=(), hash=False)
+    unknown: frozenset[str] = field(default=frozenset(), hash=False)
 
     def __str__(self) -> str:
         if self.kind == "decision":
             return f"decision {self.name}={self.outcome}"
+        if self.kind == "effect":
+            return f"effect {effect_text(self)}"
         if self.kind == "enter":
             return f"state {self.name}"
         if self.kind == "choose":
@@ -97,6 +107,14 @@ class Event:
         if self.kind == "ended":
             return "end"
         return f"{self.kind} {self.name}"
+
+
+def effect_text(event: Event) -> str:
+    """An effect event as a call, e.g. ``give_item(item=silver_key)``; ``?`` for unknowns."""
+    known = dict(event.args)
+    parts = [f"{k}={v}" for k, v in known.items()]
+    parts += [f"{k}=?" for k in sorted(event.unknown - set(known))]
+    return f"{event.name}({', '.join(parts)})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +219,9 @@ class Update:
 
     ``slots_unknown``: the slot updates could not be read; any slot may be set or cleared.
     ``facts_unknown``: likewise for facts; any fact may be set.
+    ``effects``: the effects returned, in order, as ``(name, constant arguments, parameters
+    given by expressions)``; ``effects_unknown``: they could not be read, so any effect the
+    function declares for the outcome may come, with any arguments.
     """
 
     sets: frozenset[str] = frozenset()
@@ -208,10 +229,55 @@ class Update:
     facts: frozenset[str] = frozenset()
     slots_unknown: bool = False
     facts_unknown: bool = False
+    effects: tuple[tuple[str, tuple[tuple[str, Any], ...], frozenset[str]], ...] = ()
+    effects_unknown: bool = False
 
 
 _NO_UPDATE = Update()
-_UNKNOWN = Update(slots_unknown=True, facts_unknown=True)
+_UNKNOWN = Update(slots_unknown=True, facts_unknown=True, effects_unknown=True)
+
+ReadEffect = tuple[str, tuple[tuple[str, Any], ...], frozenset[str]]
+
+
+def _effect_list(node: ast.expr | None) -> tuple[ReadEffect, ...] | None:
+    """The effects of a literal list of ``Effect(name=..., args={...})``; ``None``: unreadable.
+
+    Constant argument values are kept; any other expression makes its parameter unknown.
+    """
+    if node is None or (isinstance(node, ast.Constant) and node.value is None):
+        return ()
+    if not isinstance(node, ast.List | ast.Tuple):
+        return None
+    out: list[ReadEffect] = []
+    for item in node.elts:
+        if not isinstance(item, ast.Call):
+            return None
+        func = item.func
+        if (func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)) != "Effect":
+            return None
+        given: dict[str, ast.expr] = dict(zip(("name", "args"), item.args, strict=False))
+        for keyword in item.keywords:
+            if keyword.arg is None:
+                return None
+            given[keyword.arg] = keyword.value
+        name = given.get("name")
+        if not (isinstance(name, ast.Constant) and isinstance(name.value, str)):
+            return None
+        args = given.get("args")
+        known: list[tuple[str, Any]] = []
+        unknown: set[str] = set()
+        if args is not None:
+            if not isinstance(args, ast.Dict):
+                return None
+            for key, value in zip(args.keys, args.values, strict=True):
+                if not (isinstance(key, ast.Constant) and isinstance(key.value, str)):
+                    return None
+                if isinstance(value, ast.Constant) and isinstance(value.value, str | int | bool):
+                    known.append((key.value, value.value))
+                else:
+                    unknown.add(key.value)
+        out.append((name.value, tuple(known), frozenset(unknown)))
+    return tuple(out)
 
 
 class _Unreadable(Exception):  # noqa: N818 (internal signal, never raised to callers)
@@ -289,7 +355,7 @@ class _Reader:
             if name != "Outcome":
                 raise _Unreadable
             arguments: dict[str, ast.expr] = dict(
-                zip(("name", "slots", "facts"), node.args, strict=False)
+                zip(("name", "slots", "facts", "effects"), node.args, strict=False)
             )
             for keyword in node.keywords:
                 if keyword.arg is None:
@@ -297,12 +363,15 @@ class _Reader:
                 arguments[keyword.arg] = keyword.value
             slots = _keys(arguments.get("slots"))
             facts = _keys(arguments.get("facts"))
+            effects = _effect_list(arguments.get("effects"))
             update = Update(
                 sets=slots[0] if slots else frozenset(),
                 clears=slots[1] if slots else frozenset(),
                 facts=facts[0] if facts else frozenset(),
                 slots_unknown=slots is None,
                 facts_unknown=facts is None,
+                effects=effects or (),
+                effects_unknown=effects is None,
             )
             return [(o, update) for o in self.outcomes(arguments.get("name"))]
         return [(o, _NO_UPDATE) for o in self.outcomes(node)]
@@ -522,11 +591,35 @@ class Recorder(Agent):
         self.sync(work)
 
     @override
+    def _effects(
+        self, work: _Work, effects: tuple[CompiledEffect, ...], state: str, origin: str
+    ) -> None:
+        self.sync(work)
+        emitted = len(work.effects)
+        super()._effects(work, effects, state, origin)
+        self._emitted(work, emitted)
+
+    def _emitted(self, work: _Work, since: int, values: Mapping[str, Any] | None = None) -> None:
+        """Record the effects of ``work`` from index ``since`` on (``values``: when emitted)."""
+        values = self._values(work) if values is None else values
+        for effect in work.effects[since:]:
+            self.events.append(
+                Event(
+                    "effect",
+                    effect.name,
+                    effect.state or work.state,
+                    values=values,
+                    args=tuple(effect.args.items()),
+                )
+            )
+
+    @override
     def _decide(self, work: _Work, state: CompiledState, intent: str | None) -> str:
         self.sync(work)
         before = dict(work.slots), dict(work.facts)
+        emitted = len(work.effects)
         outcome = super()._decide(work, state, intent)
-        self._decided(work, state, outcome, before)
+        self._decided(work, state, outcome, before, emitted)
         return outcome
 
     def _decided(
@@ -535,10 +628,13 @@ class Recorder(Agent):
         state: CompiledState,
         outcome: str,
         before: tuple[dict[str, Any], dict[str, Any]],
+        emitted: int,
     ) -> None:
         values = {**before[1], **before[0]} if self.concrete else None
         name = state.decide_name or "?"
         self.events.append(Event("decision", name, state.name, outcome, values=values))
+        # A decision's effects see the values the decision was given, not those it set.
+        self._emitted(work, emitted, values)
         after = self._values(work)
         for old, new in ((before[0], work.slots), (before[1], work.facts)):
             for key, value in new.items():
@@ -642,7 +738,53 @@ class _Adversary(Recorder):
             self.events.extend(Event("filled", f, state.name, maybe=True) for f in facts)
         else:
             self.events.extend(Event("filled", f, state.name) for f in sorted(update.facts))
+        declared = self.compiled.policy.effects
+        allowed = declared_effects(state.decide).get(outcome, ()) if state.decide else ()
+        if update.effects_unknown:
+            # The code may return each effect it declares for the outcome, with any arguments.
+            for effect in allowed:
+                every = frozenset(declared[effect].params)
+                self.events.append(Event("effect", effect, state.name, maybe=True, unknown=every))
+        else:
+            types = self.compiled.effect_types
+            for effect, known, unknown in update.effects:
+                if effect not in allowed:
+                    raise _RouteFault(
+                        f"{name} returns effect {effect!r}, which it does not declare"
+                    )
+                params = types[effect]
+                args: list[tuple[str, Any]] = []
+                vague = set(unknown)
+                for param, value in known:
+                    try:
+                        args.append((param, params[param].to_json(params[param].validate(value))))
+                    except (KeyError, ValueError):
+                        vague.add(param)
+                self.events.append(
+                    Event("effect", effect, state.name, args=tuple(args), unknown=frozenset(vague))
+                )
         return outcome
+
+    @override
+    def _effects(
+        self, work: _Work, effects: tuple[CompiledEffect, ...], state: str, origin: str
+    ) -> None:
+        """Effects with their constant arguments; those read from values are unknown."""
+        self.sync(work)
+        slots = self.compiled.slot_types
+        for effect in effects:
+            for param, source in effect.refs:
+                if source in slots and source not in work.slots:
+                    raise _RouteFault(f"effect {effect.name!r} in {state!r}: {param} has no value")
+            self.events.append(
+                Event(
+                    "effect",
+                    effect.name,
+                    state,
+                    args=effect.constants,
+                    unknown=frozenset(param for param, _ in effect.refs),
+                )
+            )
 
     @override
     def _render(self, work: _Work, text: str) -> tuple[Any, ...]:

@@ -38,6 +38,9 @@ class Step:
         ended: whether the conversation ended.
         failed: the turn took the error route.
         breaks: the event that breaks the property, when it happens in this turn.
+        effects: the effects emitted, in order, as calls (``give_item(item=silver_key)``;
+            ``?`` for an argument the exhaustive engine does not know).
+        effect_args: the search engine's effects as ``{name: {argument: value}}``.
     """
 
     index: int
@@ -54,6 +57,8 @@ class Step:
     failed: bool = False
     breaks: str | None = None
     other_choice: bool = False
+    effects: tuple[str, ...] = ()
+    effect_args: tuple[Mapping[str, Mapping[str, Any]], ...] = ()
 
     @property
     def state_after(self) -> str:
@@ -72,6 +77,7 @@ class Step:
             "path": list(self.path),
             "state_after": self.state_after,
             "responses": list(self.responses),
+            "effects": list(self.effects),
             "decisions": [f"{f}={o}" for _, f, o in self.decisions],
             "ended": self.ended,
             "failed": self.failed,
@@ -154,6 +160,8 @@ def matches(matcher: Matcher, event: Event, assume: bool) -> bool:
     """
     if event.kind != matcher.kind:
         return False
+    if matcher.kind == "effect":
+        return _effect_matches(matcher, event, assume)
     if matcher.kind == "ended":
         pass
     elif event.name not in matcher.names:
@@ -169,6 +177,37 @@ def matches(matcher: Matcher, event: Event, assume: bool) -> bool:
     if event.values is None:
         return assume
     return matcher.where(event.values)
+
+
+def _effect_matches(matcher: Matcher, event: Event, assume: bool) -> bool:
+    """Match an effect by name, arguments and condition; unknown arguments give ``assume``.
+
+    The abstract machine knows the constant arguments of a route's or state's effects, not
+    those taken from slot or fact values or returned by decision functions (``unknown``), and
+    not whether a decision function returns an effect it declares (``maybe``).
+    """
+    if event.name not in matcher.names:
+        return False
+    known = dict(event.args)
+    uncertain = event.maybe
+    for param, value in matcher.args:
+        if param in known:
+            if known[param] != value:
+                return False
+        elif param in event.unknown:
+            uncertain = True
+        else:
+            return False
+    where = matcher.where
+    if where is not None:
+        params = known.keys() | event.unknown
+        if any(name in event.unknown and name not in known for name in where.names) or (
+            event.values is None and any(name not in params for name in where.names)
+        ):
+            uncertain = True
+        elif not where({**(event.values or {}), **known}):
+            return False
+    return assume if uncertain else True
 
 
 def any_match(matchers: Sequence[Matcher], event: Event, assume: bool) -> bool:

@@ -1,9 +1,10 @@
 """Properties of a policy: checked against the policy, then compiled into event matchers.
 
 A policy's ``properties`` name events (a state entered, a response said, an intent classified,
-a decision outcome, a slot or fact filled, the end) by id or glob, optionally with a ``where``
-condition on slot and fact values. `check_properties` reports every unknown name and every
-condition that cannot be read or compares values of different kinds (SOP070-SOP078);
+a decision outcome, a slot or fact filled, an effect emitted, the end) by id or glob, optionally
+with a ``where`` condition on slot and fact values (and, for an effect, on its arguments).
+`check_properties` reports every unknown name and every condition that cannot be read or
+compares values of different kinds (SOP070-SOP079);
 `compile_properties` resolves globs and conditions once, for `sopagent verify`.
 
 Conditions are a small expression language::
@@ -11,9 +12,12 @@ Conditions are a small expression language::
     order_total > 100 and not verified
     trade == "bought" or offer < key_price
     refund_reference is set
+    inventory.moonstone >= 1 and not "crypt_quest" in flags
 
-Names are slots or facts; a bare name is true when it has a true value; a comparison with a
-name that has no value is false.
+Names are slots or facts (and an effect's parameters, in an effect event); a bare name is true
+when it has a true value; a comparison with a name that has no value is false. ``counts.key``
+is the count of one key of a counts fact (0 when the key is absent); ``"id" in name`` tests a
+member of a set fact (or a key with a count above 0 of a counts fact).
 """
 
 from __future__ import annotations
@@ -35,9 +39,11 @@ from sopagent.policy import (
     AtMostOnceProperty,
     Catalog,
     DecisionEvent,
+    EffectEvent,
     EndedEvent,
     Event,
     FilledEvent,
+    IntegerSlot,
     IntentEvent,
     LeadsToProperty,
     NeverBothProperty,
@@ -78,9 +84,11 @@ class ConditionError(ValueError):
 
 _TOKEN = re.compile(
     r"\s*(?:(?P<number>-?\d+(?:\.\d+)?)|(?P<string>\"[^\"]*\"|'[^']*')"
-    r"|(?P<op>==|!=|<=|>=|<|>|\(|\))|(?P<name>[A-Za-z_][A-Za-z0-9_]*))"
+    r"|(?P<op>==|!=|<=|>=|<|>|\(|\))|(?P<name>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?))"
 )
-_WORDS = frozenset({"and", "or", "not", "is", "set", "true", "false"})
+_WORDS = frozenset({"and", "or", "not", "is", "in", "set", "true", "false"})
+_COUNT = compile_slot("count", IntegerSlot(type="integer"))
+"""The type of ``counts.key``: an integer."""
 _ORDERED = frozenset({"integer", "decimal", "money", "date"})
 _NUMERIC = frozenset({"integer", "decimal", "money"})
 
@@ -145,6 +153,8 @@ class _Parser:
         self.tokens = _tokens(text)
         self.index = 0
         self.names: set[str] = set()
+        self.counts: dict[str, tuple[str, str]] = {}
+        """``counts.key`` operands: the fact and the key they read."""
 
     def peek(self) -> _Token | None:
         return self.tokens[self.index] if self.index < len(self.tokens) else None
@@ -203,6 +213,8 @@ class _Parser:
             self.index += 1
             return inner
         left = self.operand()
+        if self.word("in"):
+            return self.member(left)
         if self.word("is"):
             negated = self.word("not")
             if not self.word("set"):
@@ -221,8 +233,84 @@ class _Parser:
         if left.name is None:
             raise ConditionError("a value alone is not a condition; compare it", left.offset)
         name = left.name
+        if name in self.counts:
+            read = self.count_of(name)
+            return lambda values: bool(read(values))
         kind = self.types[name]
         return lambda values: values.get(name) is not None and bool(kind.from_json(values[name]))
+
+    def type_of(self, name: str) -> SlotType:
+        return _COUNT if name in self.counts else self.types[name]
+
+    def count_of(self, name: str) -> Callable[[Values], Any]:
+        """Read ``counts.key``: ``None`` without the fact, else the count (0 if absent)."""
+        base, key = self.counts[name]
+
+        def read(values: Values) -> Any:
+            raw = values.get(base)
+            return None if raw is None else Decimal(raw.get(key, 0))
+
+        return read
+
+    def member(self, left: _Operand) -> Evaluate:
+        """``"id" in name``: a member of a set fact, or a key counted above 0."""
+        token = self.peek()
+        if left.name is not None or left.kind != "string":
+            raise ConditionError("'in' takes a quoted id on its left", left.offset, code="SOP077")
+        if token is None or token.kind != "name" or token.text in _WORDS:
+            raise self.fail("expected a set or counts fact after 'in'")
+        self.index += 1
+        kind = self.types.get(token.text)
+        if kind is None:
+            close = difflib.get_close_matches(token.text, sorted(self.types), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConditionError(
+                f"{token.text!r} is neither a slot nor a fact{hint}", token.offset, code="SOP075"
+            )
+        if kind.kind not in ("set", "counts"):
+            raise ConditionError(
+                f"{token.text} is {_a(kind.kind)}; 'in' tests a set or counts fact",
+                token.offset,
+                code="SOP077",
+            )
+        allowed = getattr(kind.spec, "values" if kind.kind == "set" else "keys", None)
+        member = str(left.literal)
+        if allowed is not None and member not in allowed:
+            raise ConditionError(
+                f"{member!r} is not a possible member of {token.text} ({', '.join(allowed)})",
+                left.offset,
+                code="SOP077",
+            )
+        name = token.text
+        self.names.add(name)
+        if kind.kind == "set":
+            return lambda values: values.get(name) is not None and member in values[name]
+        return lambda values: bool((values.get(name) or {}).get(member, 0))
+
+    def counted(self, token: _Token) -> _Operand:
+        """``counts.key``: the count of one key of a counts fact."""
+        base, _, key = token.text.partition(".")
+        kind = self.types.get(base)
+        if kind is None:
+            close = difflib.get_close_matches(base, sorted(self.types), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConditionError(
+                f"{base!r} is neither a slot nor a fact{hint}", token.offset, code="SOP075"
+            )
+        if kind.kind != "counts":
+            raise ConditionError(
+                f"{base} is {_a(kind.kind)}; only a counts fact has keys (name.key)",
+                token.offset,
+                code="SOP077",
+            )
+        keys = getattr(kind.spec, "keys", None)
+        if keys is not None and key not in keys:
+            raise ConditionError(
+                f"{key!r} is not a key of {base} ({', '.join(keys)})", token.offset, code="SOP077"
+            )
+        self.names.add(base)
+        self.counts[token.text] = (base, key)
+        return _Operand(token.text, None, "integer", token.offset)
 
     def operand(self) -> _Operand:
         token = self.peek()
@@ -233,6 +321,8 @@ class _Parser:
             return _Operand(None, token.text, "number", token.offset)
         if token.kind == "string":
             return _Operand(None, token.text[1:-1], "string", token.offset)
+        if token.kind == "name" and "." in token.text:
+            return self.counted(token)
         if token.kind == "name":
             if token.text in ("true", "false"):
                 return _Operand(None, token.text == "true", "boolean", token.offset)
@@ -267,7 +357,7 @@ class _Parser:
             raise ConditionError(
                 f"{named.name} is {_a(kind)}; only == and != compare it", left.offset, code="SOP077"
             )
-        named_type = self.types[named.name]  # type: ignore[index]
+        named_type = self.type_of(named.name)  # type: ignore[arg-type]
         left_value = self.value_of(left, named_type)
         right_value = self.value_of(right, named_type)
         compare = _COMPARE[op]
@@ -285,6 +375,8 @@ class _Parser:
         return evaluate
 
     def value_of(self, operand: _Operand, named: SlotType) -> Callable[[Values], Any]:
+        if operand.name is not None and operand.name in self.counts:
+            return self.count_of(operand.name)
         if operand.name is not None:
             name = operand.name
             slot_type = self.types[name]
@@ -385,6 +477,8 @@ class Matcher:
     outcome: str | None = None
     where: Condition | None = None
     text: str = ""
+    args: tuple[tuple[str, Any], ...] = ()
+    """For an effect: the arguments it must have, in JSON form."""
 
     def __str__(self) -> str:
         return self.text
@@ -407,9 +501,14 @@ class PropertySpec:
 
     @property
     def uses_values(self) -> bool:
-        """Whether any of its events has a ``where`` condition."""
+        """Whether any of its events has a ``where`` condition or is an effect.
+
+        An effect's arguments taken from values or returned by code are unknown to the
+        abstract machine, and an effect a decision function returns may or may not come.
+        """
         return any(
-            m.where is not None for m in (*self.target, *self.guard, *self.other, *self.reset)
+            m.where is not None or m.kind == "effect"
+            for m in (*self.target, *self.guard, *self.other, *self.reset)
         )
 
     def summary(self) -> str:
@@ -464,6 +563,9 @@ class _Names:
         self.responses = list(catalog.responses)
         self.intents = [*policy.intents, OUT_OF_SCOPE]
         self.values = [*policy.slots, *policy.facts]
+        self.effects: dict[str, list[str]] = {
+            name: list(effect.params) for name, effect in policy.effects.items()
+        }
         self.decisions: dict[str, list[str]] = {}
         for state in policy.states.values():
             if state.decide is None:
@@ -486,6 +588,26 @@ def _types(policy: Policy) -> dict[str, SlotType]:
     types = {name: compile_slot(name, spec) for name, spec in policy.facts.items()}
     types.update({name: compile_slot(name, spec) for name, spec in policy.slots.items()})
     return types
+
+
+def _effect_types(
+    policy: Policy, effects: Iterable[str], types: Mapping[str, SlotType]
+) -> dict[str, SlotType]:
+    """Slot and fact types with the parameters of ``effects`` over them (the first wins)."""
+    params: dict[str, SlotType] = {}
+    for name in effects:
+        for param, spec in policy.effects[name].params.items():
+            params.setdefault(param, compile_slot(param, spec))
+    return {**types, **params}
+
+
+def _effect_arg(kind: SlotType, value: Any) -> Any:
+    """An argument value of a property in the JSON form effects carry.
+
+    Raises:
+        ValueError: the value is not valid for the parameter.
+    """
+    return kind.to_json(kind.validate(value))
 
 
 class _PropertyChecker:
@@ -617,15 +739,57 @@ class _PropertyChecker:
             self.unknown(
                 "SOP075", "slot or fact", event.filled, names.values, self.locate(*path, "filled")
             )
+        types: Mapping[str, SlotType] = self.types
+        if isinstance(event, EffectEvent):
+            effects = _resolve(event.effect, list(names.effects))
+            if not effects:
+                self.unknown(
+                    "SOP079",
+                    "effect",
+                    event.effect,
+                    list(names.effects),
+                    self.locate(*path, "effect"),
+                )
+                if event.where is not None or event.args:
+                    return
+            types = _effect_types(self.policy, effects, self.types)
+            for param, value in (event.args or {}).items():
+                self.effect_arg(effects, param, value, self.locate(*path, "args", param))
         if event.where is not None:
             try:
-                parse_condition(event.where, self.types)
+                parse_condition(event.where, types)
             except ConditionError as exc:
                 self.problem(
                     exc.code,
                     f"condition {event.where!r}: {exc} (at character {exc.offset + 1})",
                     self.locate(*path, "where"),
                 )
+
+    def effect_arg(self, effects: Sequence[str], param: str, value: Any, at: Location) -> None:
+        """Report a parameter none of ``effects`` has, or a value one of them cannot take."""
+        having = [e for e in effects if param in self.names.effects[e]]
+        if not having:
+            known = sorted({p for e in effects for p in self.names.effects[e]})
+            close = difflib.get_close_matches(param, known, n=1)
+            self.problem(
+                "SOP079",
+                f"effect {' or '.join(effects)} has no parameter {param!r}"
+                f" (it has {', '.join(known) or 'none'})",
+                at,
+                f"did you mean {close[0]!r}?" if close else "",
+            )
+            return
+        for effect in having:
+            kind = compile_slot(param, self.policy.effects[effect].params[param])
+            try:
+                _effect_arg(kind, value)
+            except ValueError as exc:
+                self.problem(
+                    "SOP079",
+                    f"{value!r} is not a valid {param} of effect {effect!r}: {exc}",
+                    at,
+                )
+                return
 
 
 def _roles(prop: Property) -> Iterable[tuple[str | tuple[str | int, ...], list[Event]]]:
@@ -673,6 +837,9 @@ def _event_text(event: Event) -> str:
         text = f"decision {text}"
     elif isinstance(event, FilledEvent):
         text = f"filled {event.filled}"
+    elif isinstance(event, EffectEvent):
+        args = ", ".join(f"{k}={v}" for k, v in (event.args or {}).items())
+        text = f"effect {event.effect}" + (f"({args})" if args else "")
     else:
         text = "end"
     if event.where is not None:
@@ -680,9 +847,24 @@ def _event_text(event: Event) -> str:
     return text
 
 
-def _matcher(event: Event, names: _Names, types: Mapping[str, SlotType]) -> Matcher:
-    where = parse_condition(event.where, types) if event.where is not None else None
+def _matcher(event: Event, names: _Names, types: Mapping[str, SlotType], policy: Policy) -> Matcher:
     text = _event_text(event)
+    if isinstance(event, EffectEvent):
+        effects = _resolve(event.effect, list(names.effects))
+        params = _effect_types(policy, effects, {})
+        args = tuple(
+            (param, _effect_arg(params[param], value))
+            for param, value in (event.args or {}).items()
+        )
+        where_types = {**types, **params}
+        return Matcher(
+            "effect",
+            frozenset(effects),
+            where=parse_condition(event.where, where_types) if event.where is not None else None,
+            text=text,
+            args=args,
+        )
+    where = parse_condition(event.where, types) if event.where is not None else None
     if isinstance(event, StateEvent):
         return Matcher(
             "enter", frozenset(_resolve(event.state, names.states)), where=where, text=text
@@ -718,7 +900,7 @@ def compile_properties(
     types = _types(policy)
 
     def matchers(events: Sequence[Event] | None) -> tuple[Matcher, ...]:
-        return tuple(_matcher(e, names, types) for e in events or ())
+        return tuple(_matcher(e, names, types, policy) for e in events or ())
 
     specs: list[PropertySpec] = []
     for pid, prop in policy.properties.items():

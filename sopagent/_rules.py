@@ -620,6 +620,17 @@ _RULES = (
         compile=True,
     ),
     Rule(
+        "SOP079",
+        "property-unknown-effect",
+        "error",
+        "properties",
+        "A property names an unknown effect, parameter or argument value",
+        "An `effect` event names an effect the policy does not declare, an `args` key that "
+        "is not one of its parameters, or an argument value its parameter's type refuses.",
+        "Fix the name or the value, or declare the effect and its parameters.",
+        compile=True,
+    ),
+    Rule(
         "SOP090",
         "handoff-not-terminal",
         "error",

@@ -423,6 +423,11 @@ class _Runner:
             decisions=tuple((d.state, d.function, d.outcome) for d in turn.decisions),
             ended=turn.ended,
             failed=turn.error is not None,
+            effects=tuple(
+                f"{e.name}({', '.join(f'{k}={v}' for k, v in e.args.items())})"
+                for e in turn.effects
+            ),
+            effect_args=tuple({e.name: dict(e.args)} for e in turn.effects),
         )
 
     # -- the checks ------------------------------------------------------------------------

@@ -30,7 +30,16 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
-from sopagent._explore import AbstractMachine, Branch, Event, Input, Move, Node, TurnPath
+from sopagent._explore import (
+    AbstractMachine,
+    Branch,
+    Event,
+    Input,
+    Move,
+    Node,
+    TurnPath,
+    effect_text,
+)
 from sopagent._findings import Counterexample, EngineResult, Step, any_match
 from sopagent._properties import PropertySpec, compile_properties
 from sopagent.policy import OUT_OF_SCOPE
@@ -258,6 +267,7 @@ def _steps(hops: Sequence[_Hop], breaks: tuple[int, int] | None = None) -> list[
                 "forced": hop.move.input is not None,
                 "path": (),
                 "responses": (),
+                "effects": (),
                 "decisions": (),
                 "ended": False,
                 "failed": False,
@@ -272,11 +282,13 @@ def _steps(hops: Sequence[_Hop], breaks: tuple[int, int] | None = None) -> list[
             current["path"] = ()
             current["decisions"] = ()
             current["responses"] = tuple(e.name for e in branch.events if e.kind == "say")
+            current["effects"] = ()
             if current["input"] is not None and current["input"].error:
                 current["intent"] = None
         else:
             current["path"] += tuple(e.name for e in branch.events if e.kind == "enter")
             current["responses"] += tuple(e.name for e in branch.events if e.kind == "say")
+            current["effects"] += _effects_of(branch.events)
             current["ended"] = current["ended"] or any(e.kind == "ended" for e in branch.events)
             if branch.decision is not None:
                 current["decisions"] += (branch.decision,)
@@ -284,6 +296,11 @@ def _steps(hops: Sequence[_Hop], breaks: tuple[int, int] | None = None) -> list[
             current["breaks"] = str(branch.events[breaks[1]])
     close()
     return steps
+
+
+def _effects_of(events: Iterable[Event]) -> tuple[str, ...]:
+    """The effects among ``events`` as calls; one a decision may not return ends with ``?``."""
+    return tuple(effect_text(e) + ("?" if e.maybe else "") for e in events if e.kind == "effect")
 
 
 def _finish_turn(machine: AbstractMachine, hops: list[_Hop]) -> list[_Hop]:
@@ -534,6 +551,7 @@ def _turn_steps(start: int, witness: Sequence[tuple[Input, TurnPath]], origin: N
                 forced=True,
                 path=() if turn.failed else tuple(e.name for e in turn.events if e.kind == "enter"),
                 responses=tuple(e.name for e in turn.events if e.kind == "say"),
+                effects=() if turn.failed else _effects_of(turn.events),
                 decisions=turn.decisions if not turn.failed else (),
                 ended=any(e.kind == "ended" for e in turn.events),
                 failed=turn.failed,
@@ -763,6 +781,8 @@ def transcript(example: Counterexample) -> list[str]:
         lines.append(
             f"     says {_said(step)}" + ("  (the conversation ends)" if step.ended else "")
         )
+        if step.effects:
+            lines.append("     effects " + ", ".join(step.effects))
         if step.breaks:
             lines.append(f"     !! {step.breaks}")
     if example.note:
@@ -925,6 +945,8 @@ def _test_step(step: Step, compiled: CompiledPolicy, engine: str) -> dict[str, A
     expect["responses"] = list(step.responses)
     if engine == "search" and step.index > 0:
         expect["slots"] = dict(step.slots)
+    if engine == "search" and compiled.policy.effects:
+        expect["effects"] = [{n: dict(a) for n, a in e.items()} for e in step.effect_args]
     if decisions and not step.failed:
         expect["decisions"] = dict(decisions)
     expect["ended"] = step.ended

@@ -39,6 +39,7 @@ __all__ = [
     "DecimalSlot",
     "DecisionEvent",
     "EffectCall",
+    "EffectEvent",
     "EffectSpec",
     "EndedEvent",
     "EnumSlot",
@@ -452,7 +453,7 @@ Glob = Annotated[
 ]
 
 
-EVENT_KINDS = ("state", "say", "intent", "decision", "filled", "ended")
+EVENT_KINDS = ("state", "say", "intent", "decision", "filled", "effect", "ended")
 """The keys that name an event's kind, in the order they are recognised."""
 
 
@@ -513,6 +514,22 @@ class FilledEvent(_EventBase):
     filled: Identifier = Field(description="Slot or fact name.")
 
 
+EffectArg = Annotated[str | bool | int | float, Field(description="The argument's value.")]
+
+
+class EffectEvent(_EventBase):
+    """An effect is emitted (optionally: with these arguments).
+
+    In its ``where`` condition, the effect's parameters are names beside the slots and facts
+    (a parameter hides a slot or fact of the same name), e.g. ``amount >= 50``.
+    """
+
+    effect: Glob = Field(description="Effect name or glob.")
+    args: dict[Identifier, EffectArg] | None = Field(
+        default=None, description="Only with these argument values, e.g. {item: silver_key}."
+    )
+
+
 class EndedEvent(_EventBase):
     """The conversation ends (a terminal state is entered)."""
 
@@ -538,12 +555,13 @@ Event = Annotated[
     | Annotated[IntentEvent, Tag("event:intent")]
     | Annotated[DecisionEvent, Tag("event:decision")]
     | Annotated[FilledEvent, Tag("event:filled")]
+    | Annotated[EffectEvent, Tag("event:effect")]
     | Annotated[EndedEvent, Tag("event:ended")],
     Discriminator(
         _event_kind,
         custom_error_type="event_kind",
         custom_error_message="an event is a mapping with one of the keys"
-        " state, say, intent, decision, filled, ended",
+        " state, say, intent, decision, filled, effect, ended",
     ),
 ]
 Events = Annotated[

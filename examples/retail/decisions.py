@@ -23,32 +23,6 @@ tools: Any = import_decision_module("tools.py", Path(__file__).parent)
 
 Record = dict[str, Any]
 
-# Slots and facts of one request, forgotten when it is done or dropped.
-_REQUEST_SLOTS = ("order_id", "item_query", "payment", "reason", "address")
-_REQUEST_FACTS = (
-    "request",
-    "order_ref",
-    "order_status",
-    "order_items",
-    "order_total",
-    "selected_ids",
-    "selected_items",
-    "new_ids",
-    "changes",
-    "current_item",
-    "candidate_ids",
-    "candidates",
-    "chosen_id",
-    "chosen_item",
-    "difference_text",
-    "payment_method_id",
-    "payment_label",
-    "payment_options",
-    "refund_note",
-    "address_text",
-    "order_details",
-)
-
 _REQUESTS = {
     "cancel_order": "cancel",
     "modify_order_address": "modify_address",
@@ -68,16 +42,8 @@ _NEEDS_STATUS = {
     "exchange": "delivered",
 }
 _LISTED = 8
-
-
-def _forget(name: str, **facts: Any) -> Outcome:
-    """An outcome that ends the current request: its slots are forgotten.
-
-    The request's facts stay until the next request begins, since the lines said at the end
-    of this turn (rendered once the turn is over) still name the order.
-    """
-    slots = dict.fromkeys(_REQUEST_SLOTS)
-    return Outcome(name, slots=slots, facts={"request": None, **facts})
+_ORDER_FACTS = ["order_ref", "order_status", "order_items", "order_total"]
+"""What `check_order` learns of an order the request may use."""
 
 
 # --- text ----------------------------------------------------------------------------------------
@@ -144,7 +110,10 @@ def welcome(ctx: Context) -> Outcome:
 # --- identity ------------------------------------------------------------------------------------
 
 
-@decision(outcomes=["found", "not_found", "need_zip", "need_name", "nothing_given"])
+@decision(
+    outcomes=["found", "not_found", "need_zip", "need_name", "nothing_given"],
+    sets={"found": ["user_id", "user_name"]},
+)
 def find_user(ctx: Context) -> Outcome:
     """Locate the user by email, else by name and zip code; nothing is done before this."""
     if "email" not in ctx.slots:
@@ -157,10 +126,10 @@ def find_user(ctx: Context) -> Outcome:
     user_id = None
     try:
         if "email" in ctx.slots:
-            user_id = tools.find_user_id_by_email(ctx.slots["email"])
+            user_id = tools.find_user_id_by_email(ctx.slots.get("email", ""))
         elif "full_name" in ctx.slots and "zip" in ctx.slots:
-            first, _, last = ctx.slots["full_name"].partition(" ")
-            user_id = tools.find_user_id_by_name_zip(first, last, ctx.slots["zip"])
+            first, _, last = ctx.slots.get("full_name", "").partition(" ")
+            user_id = tools.find_user_id_by_name_zip(first, last, ctx.slots.get("zip", ""))
     except tools.ToolError:
         user_id = None
     if user_id is None:
@@ -172,19 +141,46 @@ def find_user(ctx: Context) -> Outcome:
 # --- requests and orders -------------------------------------------------------------------------
 
 
-@decision(outcomes=["order_needed", "address_needed"])
+@decision(outcomes=["order_needed", "address_needed"], sets={"order_needed": ["request"]})
 def begin_request(ctx: Context) -> Outcome:
     """Start the request the user named; whatever an earlier request had chosen is dropped."""
     request = _REQUESTS.get(ctx.intent or "", "status")
-    facts: dict[str, Any] = dict.fromkeys(_REQUEST_FACTS)
-    facts["request"] = request
-    slots = {s: None for s in _REQUEST_SLOTS if s != "order_id"}
-    if request == "user_address":
-        return Outcome("address_needed", slots=slots, facts=facts)
-    return Outcome("order_needed", slots=slots, facts=facts)
+    outcome = "address_needed" if request == "user_address" else "order_needed"
+    # Every slot and fact of the request but the order id, written out so that the checker
+    # and `sopagent verify` read what is forgotten.
+    return Outcome(
+        outcome,
+        slots={"item_query": None, "payment": None, "reason": None, "address": None},
+        facts={
+            "request": request,
+            "order_ref": None,
+            "order_status": None,
+            "order_items": None,
+            "order_total": None,
+            "selected_ids": None,
+            "selected_items": None,
+            "new_ids": None,
+            "changes": None,
+            "current_item": None,
+            "candidate_ids": None,
+            "candidates": None,
+            "chosen_id": None,
+            "chosen_item": None,
+            "difference_text": None,
+            "payment_method_id": None,
+            "payment_label": None,
+            "payment_options": None,
+            "refund_note": None,
+            "address_text": None,
+            "order_details": None,
+        },
+    )
 
 
-@decision(outcomes=["in_request", "listed", "no_orders"])
+@decision(
+    outcomes=["in_request", "listed", "no_orders"],
+    sets={"in_request": ["orders_list"], "listed": ["orders_list"]},
+)
 def list_orders(ctx: Context) -> Outcome:
     """List the user's orders with their status, so they can name one."""
     user = tools.get_user_details(ctx.facts["user_id"])
@@ -209,7 +205,17 @@ def list_orders(ctx: Context) -> Outcome:
         "not_found",
         "not_yours",
         "wrong_status",
-    ]
+    ],
+    sets={
+        "cancel_ok": [*_ORDER_FACTS, "refund_note"],
+        "address_ok": _ORDER_FACTS,
+        "payment_ok": [*_ORDER_FACTS, "payment_options"],
+        "items_ok": _ORDER_FACTS,
+        "wrong_status": _ORDER_FACTS,
+        "status_shown": ["order_details"],
+        "not_found": ["order_ref"],
+        "not_yours": ["order_ref"],
+    },
 )
 def check_order(ctx: Context) -> Outcome:
     """Look the order up; it must be the user's and in the status the request needs."""
@@ -222,29 +228,59 @@ def check_order(ctx: Context) -> Outcome:
         # Another user's order: say no more than for a missing one.
         return Outcome("not_yours", slots={"order_id": None}, facts={"order_ref": order_id})
     request = ctx.facts.get("request", "status")
-    facts = {
-        "order_ref": order_id,
-        "order_status": order["status"],
-        "order_items": "; ".join(_describe(item) for item in order["items"]),
-        "order_total": sum(Decimal(str(i["price"])) for i in order["items"]),
-    }
+    status = order["status"]
+    items = "; ".join(_describe(item) for item in order["items"])
+    total = sum(Decimal(str(i["price"])) for i in order["items"])
     if request == "status":
-        details = f"{order_id} is {order['status']}. Items: {facts['order_items']}"
-        return _forget("status_shown", order_details=details[:1900])
-    if order["status"] != _NEEDS_STATUS[request]:
-        return Outcome("wrong_status", slots={"order_id": None}, facts=facts)
-    outcome = {
-        "cancel": "cancel_ok",
-        "modify_address": "address_ok",
-        "modify_payment": "payment_ok",
-    }.get(request, "items_ok")
-    if outcome == "cancel_ok":
+        details = f"{order_id} is {status}. Items: {items}"
+        return Outcome(
+            "status_shown",
+            slots={
+                "order_id": None,
+                "item_query": None,
+                "payment": None,
+                "reason": None,
+                "address": None,
+            },
+            facts={"request": None, "order_details": details[:1900]},
+        )
+    if status != _NEEDS_STATUS[request]:
+        return Outcome(
+            "wrong_status",
+            slots={"order_id": None},
+            facts={
+                "order_ref": order_id,
+                "order_status": status,
+                "order_items": items,
+                "order_total": total,
+            },
+        )
+    outcome = "items_ok"
+    refund_note = None
+    payment_options = None
+    if request == "cancel":
+        outcome = "cancel_ok"
         method = _original_method(order)
         when = "at once" if method["source"] == "gift_card" else "within 5 to 7 business days"
-        facts["refund_note"] = f"{_money(_paid(order))} back to {_label(method)} {when}"
-    if outcome == "payment_ok":
-        facts["payment_options"] = _payment_options(ctx.facts["user_id"])
-    return Outcome(outcome, facts={**facts, "selected_ids": None, "new_ids": None})
+        refund_note = f"{_money(_paid(order))} back to {_label(method)} {when}"
+    elif request == "modify_address":
+        outcome = "address_ok"
+    elif request == "modify_payment":
+        outcome = "payment_ok"
+        payment_options = _payment_options(ctx.facts["user_id"])
+    return Outcome(
+        outcome,
+        facts={
+            "order_ref": order_id,
+            "order_status": status,
+            "order_items": items,
+            "order_total": total,
+            "refund_note": refund_note,
+            "payment_options": payment_options,
+            "selected_ids": None,
+            "new_ids": None,
+        },
+    )
 
 
 def _order(ctx: Context) -> Record:
@@ -312,7 +348,10 @@ def _named_items(query: str, items: Sequence[Record]) -> list[Record]:
     return [item for _, item in sorted(named, key=lambda pair: pair[0])]
 
 
-@decision(outcomes=["matched", "no_match", "ambiguous"])
+@decision(
+    outcomes=["matched", "no_match", "ambiguous"],
+    sets={"matched": ["selected_ids", "selected_items"]},
+)
 def match_items(ctx: Context) -> Outcome:
     """Find the order's items the user described (by name, options, id, or "all")."""
     query = _norm(ctx.slots.get("item_query", ""))
@@ -375,12 +414,15 @@ def match_items(ctx: Context) -> Outcome:
     )
 
 
-@decision(outcomes=["refund_method", "new_items", "nothing_selected"])
+@decision(
+    outcomes=["refund_method", "new_items", "nothing_selected"],
+    sets={"refund_method": ["payment_options"]},
+)
 def after_items(ctx: Context) -> Outcome:
     """Every item is named: a return asks where the refund goes, a swap asks for new items."""
     if not _ids(ctx.facts.get("selected_ids")):
         return Outcome("nothing_selected")
-    if ctx.facts["request"] == "return":
+    if ctx.facts.get("request") == "return":
         return Outcome("refund_method", facts={"payment_options": _refund_options(ctx)})
     return Outcome("new_items")
 
@@ -393,7 +435,13 @@ def _refund_options(ctx: Context) -> str:
     return "; ".join([f"{_label(original)} (the original payment)", *map(_label, gift_cards)])
 
 
-@decision(outcomes=["ask", "all_chosen"])
+@decision(
+    outcomes=["ask", "all_chosen"],
+    sets={
+        "ask": ["current_item", "candidate_ids", "candidates", "new_ids"],
+        "all_chosen": ["changes", "difference_text", "payment_options"],
+    },
+)
 def next_new_item(ctx: Context) -> Outcome:
     """Ask for the new variant of the next item that has none yet; then show the difference."""
     order = _order(ctx)
@@ -453,7 +501,14 @@ def _listing(variants: Sequence[Mapping[str, Any]]) -> str:
     return "; ".join(lines)[:1900]
 
 
-@decision(outcomes=["chosen", "ambiguous", "no_match"])
+@decision(
+    outcomes=["chosen", "ambiguous", "no_match"],
+    sets={
+        "chosen": ["chosen_id", "chosen_item"],
+        "ambiguous": ["candidate_ids", "candidates"],
+        "no_match": ["candidate_ids", "candidates"],
+    },
+)
 def match_variant(ctx: Context) -> Outcome:
     """Pick the available variant of the same product that the user described.
 
@@ -545,7 +600,7 @@ def _narrow(
     return found
 
 
-@decision(outcomes=["accepted"])
+@decision(outcomes=["accepted"], sets={"accepted": ["new_ids"]})
 def accept_variant(ctx: Context) -> Outcome:
     """Record the chosen variant for the item being swapped."""
     selected = _ids(ctx.facts.get("selected_ids"))
@@ -593,55 +648,60 @@ def _method(ctx: Context) -> tuple[Record | None, str, Record]:
     return candidates[0], "", original
 
 
-def _chosen(method: Record) -> dict[str, Any]:
-    return {"payment_method_id": method["id"], "payment_label": _label(method)}
+_CHOSEN = ["payment_method_id", "payment_label"]
+"""The facts of the payment method an outcome chose."""
 
 
-_FORGET_PAYMENT = {"payment": None}
-
-
-@decision(outcomes=["ok", "not_found", "ambiguous", "insufficient", "same_method"])
+@decision(
+    outcomes=["ok", "not_found", "ambiguous", "insufficient", "same_method"],
+    sets={"ok": _CHOSEN},
+)
 def resolve_new_payment(ctx: Context) -> Outcome:
     """The method a pending order should be paid with: another one, covering the total."""
     method, problem, original = _method(ctx)
     if method is None:
-        return Outcome(problem, slots=_FORGET_PAYMENT)
+        return Outcome("not_found" if problem == "not_found" else "ambiguous", {"payment": None})
     if method["id"] == original["id"]:
-        return Outcome("same_method", slots=_FORGET_PAYMENT)
+        return Outcome("same_method", slots={"payment": None})
     if method["source"] == "gift_card" and method["balance"] < _paid(_order(ctx)):
-        return Outcome("insufficient", slots=_FORGET_PAYMENT)
-    return Outcome("ok", facts=_chosen(method))
+        return Outcome("insufficient", slots={"payment": None})
+    return Outcome("ok", facts={"payment_method_id": method["id"], "payment_label": _label(method)})
 
 
-@decision(outcomes=["ok", "not_found", "ambiguous", "not_allowed"])
+@decision(outcomes=["ok", "not_found", "ambiguous", "not_allowed"], sets={"ok": _CHOSEN})
 def resolve_refund(ctx: Context) -> Outcome:
     """Where a return's refund goes: the original method or one of the user's gift cards."""
     method, problem, original = _method(ctx)
     if method is None:
-        return Outcome(problem, slots=_FORGET_PAYMENT)
+        return Outcome("not_found" if problem == "not_found" else "ambiguous", {"payment": None})
     if method["id"] != original["id"] and method["source"] != "gift_card":
-        return Outcome("not_allowed", slots=_FORGET_PAYMENT)
-    return Outcome("ok", facts=_chosen(method))
+        return Outcome("not_allowed", slots={"payment": None})
+    return Outcome("ok", facts={"payment_method_id": method["id"], "payment_label": _label(method)})
 
 
-@decision(outcomes=["exchange_ok", "modify_ok", "not_found", "ambiguous", "insufficient"])
+@decision(
+    outcomes=["exchange_ok", "modify_ok", "not_found", "ambiguous", "insufficient"],
+    sets={"exchange_ok": _CHOSEN, "modify_ok": _CHOSEN},
+)
 def resolve_difference(ctx: Context) -> Outcome:
     """The method that pays or receives a swap's price difference; a gift card must cover it."""
     method, problem, _ = _method(ctx)
     if method is None:
-        return Outcome(problem, slots=_FORGET_PAYMENT)
+        return Outcome("not_found" if problem == "not_found" else "ambiguous", {"payment": None})
     difference = _difference(ctx, _order(ctx))
     if method["source"] == "gift_card" and difference > 0 and method["balance"] < difference:
-        return Outcome("insufficient", slots=_FORGET_PAYMENT)
-    outcome = "exchange_ok" if ctx.facts["request"] == "exchange" else "modify_ok"
-    return Outcome(outcome, facts=_chosen(method))
+        return Outcome("insufficient", slots={"payment": None})
+    outcome = "exchange_ok" if ctx.facts.get("request") == "exchange" else "modify_ok"
+    return Outcome(
+        outcome, facts={"payment_method_id": method["id"], "payment_label": _label(method)}
+    )
 
 
 def _difference(ctx: Context, order: Mapping[str, Any]) -> float:
     total = 0.0
     lookup = {item["item_id"]: item for item in order["items"]}
     for item_id, new_id in zip(
-        _ids(ctx.facts["selected_ids"]), ctx.facts["new_ids"].split(","), strict=True
+        _ids(ctx.facts["selected_ids"]), (ctx.facts.get("new_ids") or "").split(","), strict=True
     ):
         item = lookup[item_id]
         total += tools.get_product_details(item["product_id"])["variants"][new_id]["price"]
@@ -676,7 +736,7 @@ def _parse_address(text: str) -> dict[str, str] | None:
     }
 
 
-@decision(outcomes=["ok", "invalid"])
+@decision(outcomes=["ok", "invalid"], sets={"ok": ["address_text"]})
 def parse_address(ctx: Context) -> Outcome:
     """Split the address into its lines: street, second line, city, state, zip, country."""
     parsed = _parse_address(ctx.slots.get("address", ""))
@@ -689,15 +749,22 @@ def parse_address(ctx: Context) -> Outcome:
 # --- the writes (reached only through a confirmation) ------------------------------------------
 
 
-def _write(ctx: Context, tool: str, **kwargs: Any) -> Outcome:
+def _run(tool: str, **kwargs: Any) -> str | None:
+    """Call a write tool; return why it failed, or ``None`` when it succeeded."""
     try:
         getattr(tools, tool)(**kwargs)
     except tools.ToolError as exc:
-        return _forget("failed", refund_note=str(exc)[:190])
-    return _forget("done")
+        return str(exc)[:190]
+    return None
 
 
-@decision(outcomes=["ok"])
+# Each write ends the request: its slots are forgotten (written out, so that the checker and
+# `sopagent verify` read what changes). The request's facts stay until the next request
+# begins, since the lines said at the end of this turn (rendered once the turn is over) still
+# name the order.
+
+
+@decision(outcomes=["ok"], sets={"ok": ["cancel_reason"]})
 def cancel_reason(ctx: Context) -> Outcome:
     """Which of the two reasons the user's words are: no longer needed, or ordered by mistake."""
     said = ctx.slots["reason"]
@@ -705,80 +772,163 @@ def cancel_reason(ctx: Context) -> Outcome:
     return Outcome("ok", facts={"cancel_reason": reason})
 
 
-@decision(outcomes=["done", "failed"])
+@decision(outcomes=["done", "failed"], sets={"failed": ["refund_note"]})
 def do_cancel(ctx: Context) -> Outcome:
     """Cancel the pending order with the reason the user gave."""
     reason = str(ctx.facts["cancel_reason"]).replace("_", " ")
-    return _write(ctx, "cancel_pending_order", order_id=ctx.facts["order_ref"], reason=reason)
+    error = _run("cancel_pending_order", order_id=ctx.facts["order_ref"], reason=reason)
+    return Outcome(
+        "failed" if error is not None else "done",
+        slots={
+            "order_id": None,
+            "item_query": None,
+            "payment": None,
+            "reason": None,
+            "address": None,
+        },
+        facts={"request": None, "refund_note": error},
+    )
 
 
-@decision(outcomes=["done", "failed"])
+@decision(outcomes=["done", "failed"], sets={"failed": ["refund_note"]})
 def do_modify_address(ctx: Context) -> Outcome:
     """Change the pending order's shipping address."""
     parsed = _parse_address(ctx.slots["address"]) or {}
-    return _write(ctx, "modify_pending_order_address", order_id=ctx.facts["order_ref"], **parsed)
+    error = _run("modify_pending_order_address", order_id=ctx.facts["order_ref"], **parsed)
+    return Outcome(
+        "failed" if error is not None else "done",
+        slots={
+            "order_id": None,
+            "item_query": None,
+            "payment": None,
+            "reason": None,
+            "address": None,
+        },
+        facts={"request": None, "refund_note": error},
+    )
 
 
-@decision(outcomes=["done", "failed"])
+@decision(outcomes=["done", "failed"], sets={"failed": ["refund_note"]})
 def do_modify_user_address(ctx: Context) -> Outcome:
     """Change the user's default address."""
     parsed = _parse_address(ctx.slots["address"]) or {}
-    return _write(ctx, "modify_user_address", user_id=ctx.facts["user_id"], **parsed)
+    error = _run("modify_user_address", user_id=ctx.facts["user_id"], **parsed)
+    return Outcome(
+        "failed" if error is not None else "done",
+        slots={
+            "order_id": None,
+            "item_query": None,
+            "payment": None,
+            "reason": None,
+            "address": None,
+        },
+        facts={"request": None, "refund_note": error},
+    )
 
 
-@decision(outcomes=["done", "failed"])
+@decision(outcomes=["done", "failed"], sets={"failed": ["refund_note"]})
 def do_modify_payment(ctx: Context) -> Outcome:
     """Pay the pending order with the new method."""
-    return _write(
-        ctx,
+    error = _run(
         "modify_pending_order_payment",
         order_id=ctx.facts["order_ref"],
         payment_method_id=ctx.facts["payment_method_id"],
     )
-
-
-@decision(outcomes=["done", "failed"])
-def do_modify_items(ctx: Context) -> Outcome:
-    """Swap the pending order's items (possible once per order)."""
-    return _write(
-        ctx,
-        "modify_pending_order_items",
-        order_id=ctx.facts["order_ref"],
-        item_ids=_ids(ctx.facts["selected_ids"]),
-        new_item_ids=ctx.facts["new_ids"].split(","),
-        payment_method_id=ctx.facts["payment_method_id"],
+    return Outcome(
+        "failed" if error is not None else "done",
+        slots={
+            "order_id": None,
+            "item_query": None,
+            "payment": None,
+            "reason": None,
+            "address": None,
+        },
+        facts={"request": None, "refund_note": error},
     )
 
 
-@decision(outcomes=["done", "failed"])
+@decision(outcomes=["done", "failed"], sets={"failed": ["refund_note"]})
+def do_modify_items(ctx: Context) -> Outcome:
+    """Swap the pending order's items (possible once per order)."""
+    error = _run(
+        "modify_pending_order_items",
+        order_id=ctx.facts["order_ref"],
+        item_ids=_ids(ctx.facts["selected_ids"]),
+        new_item_ids=(ctx.facts.get("new_ids") or "").split(","),
+        payment_method_id=ctx.facts["payment_method_id"],
+    )
+    return Outcome(
+        "failed" if error is not None else "done",
+        slots={
+            "order_id": None,
+            "item_query": None,
+            "payment": None,
+            "reason": None,
+            "address": None,
+        },
+        facts={"request": None, "refund_note": error},
+    )
+
+
+@decision(outcomes=["done", "failed"], sets={"failed": ["refund_note"]})
 def do_return(ctx: Context) -> Outcome:
     """Request the return of the delivered items."""
-    return _write(
-        ctx,
+    error = _run(
         "return_delivered_order_items",
         order_id=ctx.facts["order_ref"],
         item_ids=_ids(ctx.facts["selected_ids"]),
         payment_method_id=ctx.facts["payment_method_id"],
     )
+    return Outcome(
+        "failed" if error is not None else "done",
+        slots={
+            "order_id": None,
+            "item_query": None,
+            "payment": None,
+            "reason": None,
+            "address": None,
+        },
+        facts={"request": None, "refund_note": error},
+    )
 
 
-@decision(outcomes=["done", "failed"])
+@decision(outcomes=["done", "failed"], sets={"failed": ["refund_note"]})
 def do_exchange(ctx: Context) -> Outcome:
     """Request the exchange of the delivered items (possible once per order)."""
-    return _write(
-        ctx,
+    error = _run(
         "exchange_delivered_order_items",
         order_id=ctx.facts["order_ref"],
         item_ids=_ids(ctx.facts["selected_ids"]),
-        new_item_ids=ctx.facts["new_ids"].split(","),
+        new_item_ids=(ctx.facts.get("new_ids") or "").split(","),
         payment_method_id=ctx.facts["payment_method_id"],
+    )
+    return Outcome(
+        "failed" if error is not None else "done",
+        slots={
+            "order_id": None,
+            "item_query": None,
+            "payment": None,
+            "reason": None,
+            "address": None,
+        },
+        facts={"request": None, "refund_note": error},
     )
 
 
 @decision(outcomes=["dropped"])
 def drop_request(ctx: Context) -> Outcome:
     """The user said no: forget the request; nothing was changed."""
-    return _forget("dropped")
+    return Outcome(
+        "dropped",
+        slots={
+            "order_id": None,
+            "item_query": None,
+            "payment": None,
+            "reason": None,
+            "address": None,
+        },
+        facts={"request": None},
+    )
 
 
 @decision(outcomes=["done"])

@@ -12,7 +12,15 @@ from sopagent import PolicyError, PolicyLoadError, compile_policy, load_policy
 from sopagent._properties import ConditionError, compile_properties, parse_condition
 from sopagent._slots import compile_slot
 from sopagent.errors import Problem
-from sopagent.policy import BooleanSlot, DateSlot, EnumSlot, IntegerSlot, MoneySlot
+from sopagent.policy import (
+    BooleanSlot,
+    CountsFact,
+    DateSlot,
+    EnumSlot,
+    IntegerSlot,
+    MoneySlot,
+    SetFact,
+)
 
 Writer = Callable[..., Path]
 
@@ -271,3 +279,51 @@ def test_bad_conditions(text: str, code: str) -> None:
     with pytest.raises(ConditionError) as info:
         parse_condition(text, TYPES)
     assert info.value.code == code
+
+
+def test_conditions_read_counts_keys_and_set_members() -> None:
+    """`counts.key` is a count (0 when absent, no value without the fact); `"id" in set` tests."""
+    types = {
+        "inventory": compile_slot("inventory", CountsFact(type="counts", keys=["key", "gem"])),
+        "flags": compile_slot("flags", SetFact(type="set", values=["quest", "open"])),
+        "gold": compile_slot("gold", IntegerSlot(type="integer")),
+    }
+    has_gem = parse_condition("inventory.gem >= 1", types)
+    assert has_gem({"inventory": {"gem": 2}})
+    assert not has_gem({"inventory": {"key": 1}})
+    assert not has_gem({})  # no inventory at all: no value, so the comparison is false
+    assert parse_condition("not inventory.gem >= 1", types)({})
+    assert parse_condition("inventory.key", types)({"inventory": {"key": 1}})
+    on_quest = parse_condition('"quest" in flags', types)
+    assert on_quest({"flags": ["quest"]})
+    assert not on_quest({"flags": ["open"]})
+    assert not on_quest({})
+    assert parse_condition('"gem" in inventory and gold >= inventory.gem', types)(
+        {"inventory": {"gem": 2}, "gold": 3}
+    )
+    assert parse_condition("inventory.gem >= 1", types).names == frozenset({"inventory"})
+
+
+@pytest.mark.parametrize(
+    ("text", "code", "words"),
+    [
+        ("inventory.gold > 1", "SOP077", "'gold' is not a key of inventory"),
+        ("gold.x > 1", "SOP077", "only a counts fact has keys"),
+        ("invntory.gem > 0", "SOP075", "did you mean 'inventory'"),
+        ('"lost" in flags', "SOP077", "not a possible member of flags"),
+        ("gold in flags", "SOP077", "'in' takes a quoted id"),
+        ('"quest" in gold', "SOP077", "'in' tests a set or counts fact"),
+        ('inventory.gem > "x"', "SOP077", "compared with a number"),
+    ],
+)
+def test_counts_and_set_conditions_are_checked(text: str, code: str, words: str) -> None:
+    """Unknown keys and members, and keys or members of the wrong kind of fact, are refused."""
+    types = {
+        "inventory": compile_slot("inventory", CountsFact(type="counts", keys=["key", "gem"])),
+        "flags": compile_slot("flags", SetFact(type="set", values=["quest", "open"])),
+        "gold": compile_slot("gold", IntegerSlot(type="integer")),
+    }
+    with pytest.raises(ConditionError) as info:
+        parse_condition(text, types)
+    assert info.value.code == code
+    assert words in str(info.value)

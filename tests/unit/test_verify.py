@@ -337,6 +337,7 @@ def run_test_file(document: dict[str, Any], compiled: CompiledPolicy) -> None:
             "slots": turn.slots,
             "decisions": {d.function: d.outcome for d in turn.decisions},
             "ended": turn.ended,
+            "effects": [{e.name: dict(e.args)} for e in turn.effects],
         }
         assert {k: actual[k] for k in step["expect"]} == step["expect"]
 
