@@ -238,6 +238,12 @@ def build_service(
     keys = KeyRing.from_file(config.keys)
     backend = _backend(config, compiled)
     agents: list[Agent] = [Agent(c, backend) for c in compiled]
+    # Load the model and evaluate each policy's prompt before the first request, so that a
+    # worker is ready only when its first turn costs what every later one does.
+    warm = getattr(backend, "warm", None)
+    if callable(warm):
+        for policy in compiled:
+            warm(policy.vocabulary, policy.hash)
     store = open_store(config.store)
     store.ping()
     audit = _audit(config, worker_suffix)
