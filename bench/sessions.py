@@ -6,8 +6,8 @@ with slots, facts and a three-turn history), then held in a list. Memory is the 
 the process's resident set and of the Python heap (``tracemalloc`` off: it would double the
 cost) while they are built, divided per session. The baseline is the same number of plain
 ``transitions`` models on one machine (``Machine.add_model``, the way a raw transitions program
-holds one conversation per model; 10,000 of them, per model is what is compared), built in the
-same process after the sessions are freed.
+holds one conversation per model; 10,000 of them, per model is what is compared), built in a
+fresh interpreter of their own (memory freed here would be reused and hide their cost).
 
 Restoring: ``Session.from_json`` of a mid-conversation session's JSON, median over many calls,
 against ``json.loads`` of the same text (the cost of just reading the JSON).
@@ -21,6 +21,7 @@ import argparse
 import gc
 import json
 import resource
+import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -90,6 +91,17 @@ def raw_models(compiled: Any, count: int) -> int:
     return grown
 
 
+def raw_in_child(count: int) -> int:
+    """`raw_models` in a fresh interpreter, so that no memory freed here is reused."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--raw-child", str(count)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return int(out.stdout.strip())
+
+
 def restore_times(session: Session, reps: int) -> tuple[float, float, int]:
     """Median microseconds of Session.from_json and of json.loads of the same JSON."""
     data = session.to_json()
@@ -125,8 +137,8 @@ def measure(count: int, reps: int) -> dict[str, Any]:
     json_bytes = len(sample.to_json())
     del sessions
     gc.collect()
-    raw_count = min(count, 10_000)  # per model is what matters; 100,000 would take 1.5 GB
-    raw = raw_models(compiled, raw_count)
+    raw_count = min(count, 10_000)  # per model is what matters
+    raw = raw_in_child(raw_count)
     restore, loads, size = restore_times(sample, reps)
     rows = [
         row(
@@ -171,7 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=200, help="restore batches of 50")
     parser.add_argument("--quick", action="store_true", help="20,000 sessions, 50 batches")
     parser.add_argument("--json", type=Path, metavar="FILE")
+    parser.add_argument("--raw-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.raw_child:
+        print(raw_models(compile_policy(load_policy(POLICY)), args.raw_child))
+        return 0
     count = 20_000 if args.quick else args.sessions
     reps = 50 if args.quick else args.reps
     result = measure(count, reps)
