@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import time
+import uuid
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -43,6 +44,7 @@ from sopagent.session import (
     Effect,
     Session,
     SessionTurn,
+    SessionUsage,
     Turn,
     Utterance,
     trusted,
@@ -226,17 +228,24 @@ class Agent:
                 locale is not one of the policy's.
         """
         stored = {k: v for k, v in self.game_state(facts).items() if v is not None}
-        session = Session(
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError(f"seed must be an int, not {type(seed).__name__}")
+        if session_id is not None and not isinstance(session_id, str):
+            raise TypeError(f"session_id must be a str, not {type(session_id).__name__}")
+        # Built without validating again: every value is the policy's or was checked above.
+        # Sessions are held by the hundred thousand; this also lets them share one set of
+        # field names.
+        return trusted(
+            Session,
+            id=uuid.uuid4().hex if session_id is None else session_id,
             policy=self.compiled.name,
             policy_hash=self.compiled.hash,
             state=self.compiled.policy.initial,
             facts=stored,
             locale=self._locale_of(locale),
             seed=secrets.randbelow(2**31) if seed is None else seed,
+            usage=trusted(SessionUsage),
         )
-        if session_id is not None:
-            session.id = session_id
-        return session
 
     def game_state(self, facts: Mapping[str, Any] | None) -> dict[str, Any]:
         """Validate host values of declared facts; return their JSON form (None clears one).

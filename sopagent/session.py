@@ -7,7 +7,6 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined
 
 from sopagent.errors import SessionError
 
@@ -80,9 +79,12 @@ class Session(BaseModel):
             SessionError: the data is not a serialized session.
         """
         try:
-            return cls.model_validate_json(data)
+            session = cls.model_validate_json(data)
         except ValidationError as exc:
             raise SessionError(f"not a valid session: {exc.error_count()} problem(s)") from exc
+        _share_fields(session)
+        _share_fields(session.usage)
+        return session
 
 
 class Utterance(BaseModel):
@@ -184,8 +186,32 @@ class Turn(BaseModel):
 
 
 _Model = TypeVar("_Model", bound=BaseModel)
-_DEFAULTS: dict[type[BaseModel], tuple[tuple[str, Any, FieldInfo | None], ...]] = {}
-_ALL_FIELDS: dict[type[BaseModel], set[str]] = {}
+
+
+class _Shape:
+    """What `trusted` needs to know of a model class, worked out once per class."""
+
+    __slots__ = ("defaults", "factories", "fields", "required")
+
+    def __init__(self, cls: type[BaseModel]) -> None:
+        # In the fields' declared order: serialization follows it, and updating a copy of
+        # this dict keeps it.
+        self.defaults: dict[str, Any] = {}
+        self.factories: list[tuple[str, FieldInfo]] = []
+        required: list[str] = []
+        for name, info in cls.model_fields.items():
+            self.defaults[name] = None if info.is_required() else info.default
+            if info.default_factory is not None:
+                self.factories.append((name, info))
+            elif info.is_required():
+                required.append(name)
+        self.required = frozenset(required)
+        # Every instance built here has every field set, so they all share one set. (A
+        # mutable model's assignment adds the name it sets, which is already there.)
+        self.fields = set(cls.model_fields)
+
+
+_SHAPES: dict[type[BaseModel], _Shape] = {}
 
 
 def trusted(cls: type[_Model], **fields: Any) -> _Model:
@@ -194,32 +220,32 @@ def trusted(cls: type[_Model], **fields: Any) -> _Model:
     Missing fields take their defaults. Only for the run step's own values: anything from
     outside goes through the model's validation.
     """
-    defaults = _DEFAULTS.get(cls)
-    if defaults is None:
-        if cls.model_config.get("frozen"):
-            _ALL_FIELDS[cls] = set(cls.model_fields)
-        defaults = _DEFAULTS[cls] = tuple(
-            (name, info.default, info if info.default_factory is not None else None)
-            for name, info in cls.model_fields.items()
-        )
-    # In the fields' declared order: serialization follows it.
-    values: dict[str, Any] = {}
-    for name, default, factory in defaults:
-        if name in fields:
-            values[name] = fields[name]
-        elif factory is not None:
-            values[name] = factory.get_default(call_default_factory=True, validated_data=values)
-        elif default is PydanticUndefined:
-            raise TypeError(f"{cls.__name__} needs a value for {name!r}")
-        else:
-            values[name] = default
+    shape = _SHAPES.get(cls)
+    if shape is None:
+        shape = _SHAPES[cls] = _Shape(cls)
+    if not shape.required <= fields.keys() <= shape.defaults.keys():
+        missing = sorted(shape.required - fields.keys())
+        if missing:
+            raise TypeError(f"{cls.__name__} needs a value for {missing[0]!r}")
+        unknown = sorted(fields.keys() - shape.defaults.keys())
+        raise TypeError(f"{cls.__name__} has no field {unknown[0]!r}")
+    values = shape.defaults.copy()
+    values.update(fields)
+    for name, info in shape.factories:
+        if name not in fields:
+            values[name] = info.get_default(call_default_factory=True, validated_data=values)
     model = cls.__new__(cls)
     object.__setattr__(model, "__dict__", values)
-    # A frozen model's set of fields never changes, so instances built here share one.
-    fields_set = _ALL_FIELDS.get(cls) if cls.model_config.get("frozen") else None
-    if fields_set is None:
-        fields_set = set(fields)
-    object.__setattr__(model, "__pydantic_fields_set__", fields_set)
+    object.__setattr__(model, "__pydantic_fields_set__", shape.fields)
     object.__setattr__(model, "__pydantic_extra__", None)
     object.__setattr__(model, "__pydantic_private__", None)
     return model
+
+
+def _share_fields(model: BaseModel) -> None:
+    """Give a model whose every field was set the set of names `trusted` models share."""
+    shape = _SHAPES.get(type(model))
+    if shape is None:
+        shape = _SHAPES[type(model)] = _Shape(type(model))
+    if model.__pydantic_fields_set__ == shape.fields:
+        object.__setattr__(model, "__pydantic_fields_set__", shape.fields)

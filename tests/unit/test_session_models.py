@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
-from sopagent.session import DecisionRecord, SessionTurn, Turn, Utterance, trusted
+from sopagent import Agent
+from sopagent.session import DecisionRecord, Session, SessionTurn, Turn, Utterance, trusted
+
+MakeAgent = Callable[..., Agent]
 
 
 def test_trusted_models_equal_validated_ones() -> None:
@@ -61,3 +66,27 @@ def test_trusted_models_need_their_required_fields() -> None:
     """Leaving out a field without a default is a TypeError naming it."""
     with pytest.raises(TypeError, match="'hash'"):
         trusted(Utterance, id="greet", text="Hello.")
+
+
+def test_new_and_restored_sessions_share_their_field_names(refund_agent: MakeAgent) -> None:
+    """Sessions share one set of field names, and it does not leak between them."""
+    agent = refund_agent()
+    first, second = agent.new_session(seed=1), agent.new_session(session_id="abc", seed=2)
+    assert first.model_fields_set is second.model_fields_set
+    assert first.model_fields_set == set(Session.model_fields)
+    restored = Session.from_json(second.to_json())
+    assert restored == second
+    assert restored.model_fields_set is first.model_fields_set
+    assert restored.usage.model_fields_set is first.usage.model_fields_set
+    second.state = "ask_order"
+    assert (first.state, second.state) == ("greeting", "ask_order")
+    assert first.usage is not second.usage
+
+
+def test_new_session_refuses_ids_and_seeds_of_the_wrong_type(refund_agent: MakeAgent) -> None:
+    """Values that skip validation are checked by hand."""
+    agent = refund_agent()
+    with pytest.raises(TypeError, match="session_id"):
+        agent.new_session(session_id=7)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="seed"):
+        agent.new_session(seed="1")  # type: ignore[arg-type]
