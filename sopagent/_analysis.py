@@ -327,7 +327,8 @@ def check_paths(
     """Run every rule on the policy files at ``paths``.
 
     Args:
-        paths: policy YAML files.
+        paths: policy YAML files, or directories: every ``*.yaml`` / ``*.yml`` file in one
+            (not its subdirectories), conversation test files (``*.test.yaml``) left out.
         select: rule codes or prefixes to report (default: all).
         ignore: rule codes or prefixes not to report.
 
@@ -340,7 +341,7 @@ def check_paths(
     chosen = codes_matching(select) if select else set(RULES)
     chosen -= codes_matching(ignore)
     with collection_paused():
-        checked = [_check_one(Path(path)) for path in paths]
+        checked = [_check_one(path) for path in _policy_files(paths)]
         found: dict[tuple[Location, str, str], Problem] = {}
         everything = [p for item in checked for p in item.problems] + _unused(checked)
         for problem in map(_shown, everything):
@@ -392,3 +393,21 @@ def summary_line(report: CheckReport) -> str:
     if report.suppressed:
         line += f" ({report.suppressed} suppressed)"
     return line
+
+
+def _policy_files(paths: Sequence[str | Path]) -> list[Path]:
+    """``paths`` with each directory replaced by the policy files in it."""
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.is_dir():
+            files.append(path)
+            continue
+        files.extend(
+            item
+            for item in sorted(path.iterdir())
+            if item.suffix in {".yaml", ".yml"}
+            and not item.stem.endswith(".test")
+            and item.is_file()
+        )
+    return files

@@ -1431,7 +1431,11 @@ def _emit(text: str, out: Path | None) -> None:
 @app.command()
 def check(
     policies: Annotated[
-        list[Path] | None, typer.Argument(help="Policy YAML files.", show_default=False)
+        list[Path] | None,
+        typer.Argument(
+            help="Policy YAML files, or directories of them (*.test.yaml left out).",
+            show_default=False,
+        ),
     ] = None,
     *,
     json_output: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,

@@ -138,6 +138,15 @@ def test_sarif_to_a_file_of_a_clean_policy(tmp_path: Path) -> None:
     assert list(jsonschema.Draft4Validator(schema).iter_errors(log)) == []
 
 
+def test_a_directory_checks_the_policies_in_it() -> None:
+    """A directory stands for its policy files; conversation tests beside them are left out."""
+    result = sopagent("check", "policies", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    checked = sorted(Path(p["file"]).name for p in report["policies"])
+    assert checked == ["merchant_npc.yaml", "refund.yaml", "retail.yaml", "warden_npc.yaml"]
+
+
 def test_load_failure_exits_2_and_still_reports_the_other_policies(tmp_path: Path) -> None:
     """A file that cannot be parsed exits 2; the findings of the other policies still print."""
     flawed(tmp_path)
