@@ -208,7 +208,7 @@ def measure(sizes: list[int], intents: int, reps: int, baseline_rev: str | None)
                 n=reps,
             )
         )
-    for previous, current in itertools.pairwise(figures):
+    for previous, current in itertools.pairwise(list(figures)):
         figures.append(
             row(
                 f"growth {previous['name'].split(' states')[0]} -> {current['name']}",
