@@ -42,6 +42,8 @@ BENCHMARKS = (
 # Options per benchmark (full run, --quick run) where they differ from none / --quick.
 OPTIONS: dict[str, tuple[list[str], list[str]]] = {
     "clinc_eval": ([], ["--oos", "200", "--limit", "100"]),
+    # The 100,000 sessions of the target even when quick: only the restore timing is shortened.
+    "sessions": ([], ["--reps", "50"]),
     "check_scale": (
         ["--sizes", "100", "1000", "10000", "--intents", "50", "--reps", "3"],
         ["--sizes", "100", "1000", "10000", "--intents", "50", "--reps", "1"],
