@@ -52,6 +52,8 @@ from sopagent.session import (
 
 __all__ = ["Agent"]
 
+# Usage is immutable: the turns that cost nothing share one.
+_NO_USAGE = Usage()
 _WORD = re.compile(r"[\w']+")
 # Words that may surround slot values without changing what a message means.
 _FILLER = frozenset({
@@ -113,7 +115,7 @@ class _Work:
     decisions: list[DecisionRecord] = field(default_factory=list)
     ended: bool = False
     steps: int = 0
-    usage: Usage = field(default_factory=Usage)
+    usage: Usage = _NO_USAGE
     session_id: str = ""
     turn: int = 0
     past: list[SessionTurn] = field(default_factory=list)
@@ -447,13 +449,13 @@ class Agent:
             work.replay_error = heard.error
         state_before = session.state
         understood: Heard | None = None
-        classified = _Classified(None, 0.0, "none", Usage(), {})
+        classified = _Classified(None, 0.0, "none", _NO_USAGE, {})
         found_slots: dict[str, Any] = {}
         invalid: dict[str, str] = {}
         accepted = False
         failed = False
         error: str | None = None
-        usage = Usage()
+        usage = _NO_USAGE
         try:
             if text is None:
                 if not session.started:
@@ -490,7 +492,7 @@ class Agent:
                 else:
                     if heard.source == "error" and heard.intent is None:
                         raise _ReplayedError(heard.error or "BackendError: recorded failure")
-                    classified = _Classified(heard.intent, heard.score, heard.source, Usage(), {})
+                    classified = _Classified(heard.intent, heard.score, heard.source, _NO_USAGE, {})
                     found_slots = dict(heard.slots)
                     invalid = dict(heard.invalid)
                 # Values count when the state collects them or the route taken needs them;
@@ -520,7 +522,8 @@ class Agent:
                     work, state, classified.intent, found_slots, invalid, unsure=unsure
                 )
             responses = self._render(work, text or "")
-            usage = usage + work.usage
+            if work.usage is not _NO_USAGE:
+                usage = usage + work.usage
         except (BackendError, DecisionError, _RouteFault) as exc:
             error = (
                 exc.recorded if isinstance(exc, _ReplayedError) else f"{type(exc).__name__}: {exc}"
@@ -658,14 +661,14 @@ class Agent:
         locale: str | None = None,
     ) -> _Classified:
         if forced is not None:
-            return _Classified(forced, 1.0, "forced", Usage(), {})
+            return _Classified(forced, 1.0, "forced", _NO_USAGE, {})
         table = self._local(locale)
         local = table is not None and table.vocabulary is not None
         normalized = " ".join(_PUNCTUATION.sub(" ", text.lower()).split())
         examples = table.examples[state.name] if table is not None and local else state.examples
         example = examples.get(normalized)
         if example is not None:
-            return _Classified(example, 1.0, "example", Usage(), {})
+            return _Classified(example, 1.0, "example", _NO_USAGE, {})
         enum_needed = {
             name: tuple(
                 Label(value, value.replace("_", " "))
@@ -680,9 +683,9 @@ class Agent:
                 rest[start:end] = " " * (end - start)
             words = [w for w in _WORD.findall("".join(rest).lower()) if w not in _FILLER]
             if not words:
-                return _Classified(None, 1.0, "slots", Usage(), {})
+                return _Classified(None, 1.0, "slots", _NO_USAGE, {})
         if not normalized:
-            return _Classified(OUT_OF_SCOPE, 1.0, "slots", Usage(), {})
+            return _Classified(OUT_OF_SCOPE, 1.0, "slots", _NO_USAGE, {})
         if table is not None and table.vocabulary is not None:
             labels, vocabulary, key = table.labels[state.name], table.vocabulary, table.key
         else:
