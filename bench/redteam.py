@@ -28,7 +28,9 @@ POLICIES = ("refund", "retail", "merchant_npc", "warden_npc")
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--attacks", type=Path, default=ROOT / "tests/data/injection/attacks_ci.jsonl")
+    parser.add_argument(
+        "--attacks", type=Path, default=ROOT / "tests/data/injection/attacks_ci.jsonl"
+    )
     parser.add_argument("--sample", type=int, help="a stratified sample of N attacks per policy")
     parser.add_argument("--policy", nargs="+", default=list(POLICIES), choices=POLICIES)
     parser.add_argument("--json", action="store_true", help="print JSON instead of markdown")
@@ -41,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     reports = []
     started = time.perf_counter()
     for name in args.policy:
-        agent = sopagent.load_agent(ROOT / "policies" / f"{name}.yaml", backend=backend, audit=NullSink())
+        agent = sopagent.load_agent(
+            ROOT / "policies" / f"{name}.yaml", backend=backend, audit=NullSink()
+        )
         print(f"{name}: {len(attacks)} attacks x 2 positions", file=sys.stderr, flush=True)
         reports.append(red_team(agent, attacks))
     seconds = time.perf_counter() - started

@@ -22,10 +22,10 @@ Commands:
 * ``redteam POLICY...``: real attack text as user turns, every line, move and effect checked.
 
 Exit codes: 0 success, 1 findings (``check``, ``approve --status``, ``verify``, ``diff``,
-``replay``, ``test``, ``redteam``, an ``npc --replay`` that diverged from its recording), 2 authoring or
-usage errors (`sopagent.errors.PolicyError`, bad options, malformed input files), 3 run-time
-faults (`sopagent.errors.RuntimeFault`, the embedded backend missing). Heavy modules (rich, the
-embedded model) are imported only by the commands that need them.
+``replay``, ``test``, ``redteam``, an ``npc --replay`` that diverged from its recording), 2
+authoring or usage errors (`sopagent.errors.PolicyError`, bad options, malformed input files),
+3 run-time faults (`sopagent.errors.RuntimeFault`, the embedded backend missing). Heavy modules
+(rich, the embedded model) are imported only by the commands that need them.
 """
 
 from __future__ import annotations
@@ -1905,14 +1905,14 @@ def review(
 
 # --- red team ----------------------------------------------------------------------------------
 
-_ATTACKS = Path(__file__).resolve().parent.parent / "tests" / "data" / "injection" / "attacks_ci.jsonl"
+_ATTACKS = (
+    Path(__file__).resolve().parent.parent / "tests" / "data" / "injection" / "attacks_ci.jsonl"
+)
 
 
 @app.command()
 def redteam(
-    policies: Annotated[
-        list[Path], typer.Argument(help="Policy YAML files.", show_default=False)
-    ],
+    policies: Annotated[list[Path], typer.Argument(help="Policy YAML files.", show_default=False)],
     *,
     attacks: Annotated[
         Path,
