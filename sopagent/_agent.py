@@ -366,7 +366,7 @@ class Agent:
             raise SessionError(f"session {session.id} is not waiting for input in this policy")
         error: str | None = None
         if len(text) > self._max_input:
-            error = self._too_long(text)
+            error = f"InputTooLong: {self._too_long(text)}"
             text = text[: self._max_input]
             found: dict[str, Found] = {}
             slots: dict[str, Any] = {}
@@ -533,7 +533,11 @@ class Agent:
             usage = usage + work.usage
         except (BackendError, DecisionError, _RouteFault, _TooLong) as exc:
             error = (
-                exc.recorded if isinstance(exc, _ReplayedError) else f"{type(exc).__name__}: {exc}"
+                exc.recorded
+                if isinstance(exc, _ReplayedError)
+                else f"InputTooLong: {exc}"
+                if isinstance(exc, _TooLong)
+                else f"{type(exc).__name__}: {exc}"
             )
             failed = True
             backend_failed = isinstance(exc, BackendError)
@@ -631,8 +635,8 @@ class Agent:
 
     def _too_long(self, text: str) -> str:
         return (
-            f"InputTooLong: the message has {len(text)} characters, more than the"
-            f" policy's limit of {self._max_input}"
+            f"the message has {len(text)} characters, more than the policy's limit of"
+            f" {self._max_input}"
         )
 
     def _too_long_route(self) -> Route:
