@@ -25,7 +25,13 @@ from pydantic import BaseModel
 
 from sopagent._compile import CompiledPolicy, CompiledRoute, CompiledState
 from sopagent._effects import CompiledEffect, resolve, validate_returned
-from sopagent._limits import DecisionRunner, DecisionTimeoutError, escape_hidden, visible
+from sopagent._limits import (
+    DecisionRunner,
+    DecisionTimeoutError,
+    encodable,
+    escape_hidden,
+    visible,
+)
 from sopagent._locales import LocaleTable
 from sopagent._slots import Found, SlotType
 from sopagent.audit import AuditSink, NullSink, StructlogSink
@@ -365,6 +371,7 @@ class Agent:
         if session.policy_hash != compiled.hash or state is None or state.kind != "wait":
             raise SessionError(f"session {session.id} is not waiting for input in this policy")
         error: str | None = None
+        text = encodable(text)
         if len(text) > self._max_input:
             error = f"InputTooLong: {self._too_long(text)}"
             text = text[: self._max_input]
@@ -436,6 +443,8 @@ class Agent:
             raise SessionError(f"session {session.id} is in unknown state {session.state!r}")
         if text is None and session.started:
             return self._empty_turn(session)
+        if text is not None:
+            text = encodable(text)
         work = _Work(
             session.state,
             dict(session.slots),

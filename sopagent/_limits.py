@@ -1,6 +1,7 @@
 """Limits of one turn: the longest message, hidden characters, the longest decision run.
 
-User text may hold control and bidirectional-formatting characters (pasted text, spoofing
+User text is first made encodable: lone surrogates, which JSON can carry but UTF-8 cannot,
+become U+FFFD, so sessions and audit events can always be written. It may also hold control and bidirectional-formatting characters (pasted text, spoofing
 attempts: U+202E turns the rest of a line around on screen). They carry nothing an intent or a
 slot value needs, so they are removed before slot grammars and the model see the text; the
 turn keeps what was received, and audit events write those characters as ``\\uXXXX`` escapes so
@@ -21,7 +22,14 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["MAX_ABANDONED", "DecisionRunner", "DecisionTimeoutError", "escape_hidden", "visible"]
+__all__ = [
+    "MAX_ABANDONED",
+    "DecisionRunner",
+    "DecisionTimeoutError",
+    "encodable",
+    "escape_hidden",
+    "visible",
+]
 
 MAX_ABANDONED = 4
 
@@ -36,6 +44,20 @@ _FORMAT = (
 )
 _HIDDEN = re.compile(f"[{_CONTROL}{_FORMAT}]")
 _SPACING = re.compile(f"[{_CONTROL}]")
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def encodable(text: str) -> str:
+    """``text`` with lone surrogates (JSON can carry them, UTF-8 cannot) replaced by U+FFFD.
+
+    Sessions and audit events are UTF-8 JSON; a message that cannot be written there would
+    make the session unsaveable after the turn.
+    """
+    if _SURROGATE.search(text) is None:
+        return text
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def visible(text: str) -> str:
