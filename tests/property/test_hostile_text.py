@@ -82,16 +82,21 @@ def test_refund_agent_says_only_catalog_lines_whatever_is_typed(
 
 
 # A free-text slot: whatever follows "call me" (up to 60 characters) is the name.
-NAMED_POLICY = MINI_POLICY.replace(
-    "slots:\n",
-    "slots:\n  name: {type: string, pattern: 'call me (.{1,60})', max_length: 60, ask: ask_name}\n",
-).replace(
-    "      greet: {say: welcome}\n",
-    "      greet: {say: welcome}\n      give_name: {say: hello_name, require: [name]}\n",
-).replace(
-    "intents:\n",
-    "intents:\n  give_name:\n    description: The user says their name.\n"
-    "    examples: [call me Ann]\n",
+NAMED_POLICY = (
+    MINI_POLICY.replace(
+        "slots:\n",
+        "slots:\n  name: {type: string, pattern: 'call me (.{1,60})', max_length: 60,"
+        " ask: ask_name}\n",
+    )
+    .replace(
+        "      greet: {say: welcome}\n",
+        "      greet: {say: welcome}\n      give_name: {say: hello_name, require: [name]}\n",
+    )
+    .replace(
+        "intents:\n",
+        "intents:\n  give_name:\n    description: The user says their name.\n"
+        "    examples: [call me Ann]\n",
+    )
 )
 NAMED_CATALOG = MINI_CATALOG + (
     '  hello_name: "Hello, {name}! {{name}} is how you like it: {name}."\n'
@@ -144,5 +149,3 @@ def test_long_and_hostile_messages_never_crash_a_turn(named_agent: Agent, text: 
         assert turn.error is not None
         assert turn.error.startswith("InputTooLong")
         assert session.state == "start"
-
-
