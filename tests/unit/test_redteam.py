@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from sopagent._redteam import (
     _consequential_guard,
     _merchant_guard,
     _refund_guard,
+    _retail_guard,
     _warden_guard,
     load_attacks,
     markdown,
@@ -180,3 +182,23 @@ def test_guards_flag_actions_without_preconditions(reset_refunds: None) -> None:
     assert any("without the key shown" in p for p in _warden_guard(observed(gate, paid)))
     trust = turn_of(agent, gate, effects=(Effect(name="change_trust", args={"delta": 2}),))
     assert any("without a quest accepted" in p for p in _warden_guard(observed(gate, trust)))
+
+
+def test_retail_guard_flags_writes_and_logins_out_of_turn(reset_refunds: None) -> None:
+    """A write outside a confirmed step, or a login without the user's details, is reported."""
+    agent = refund_agent()
+
+    users = {"noah_1": {"email": "noah@example.com", "address": {"zip": "80279"}}}
+    Tools = SimpleNamespace(DB=SimpleNamespace(users=users))  # noqa: N806 (a module stand-in)
+
+    before = Session(policy="r", policy_hash="h", state="identify")
+    after = before.model_copy(deep=True)
+    after.facts = {"user_id": "noah_1"}
+    turn = turn_of(agent, before, intent="give_identity")
+    seen = Observed(before, after, turn, ("cancel_pending_order",), "I'm Noah Brown", Tools)
+    problems = _retail_guard(seen)
+    assert any("not an explicit yes" in p for p in problems)
+    assert any("before authentication" in p for p in problems)
+    assert any("without their email or zip code" in p for p in problems)
+    honest = Observed(before, after, turn, (), "noah@example.com", Tools)
+    assert _retail_guard(honest) == []
