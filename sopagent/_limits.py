@@ -1,8 +1,9 @@
 """Limits of one turn: the longest message, hidden characters, the longest decision run.
 
 User text is first made encodable: lone surrogates, which JSON can carry but UTF-8 cannot,
-become U+FFFD, so sessions and audit events can always be written. It may also hold control and bidirectional-formatting characters (pasted text, spoofing
-attempts: U+202E turns the rest of a line around on screen). They carry nothing an intent or a
+become U+FFFD, so sessions and audit events can always be written. It may also hold control
+and bidirectional-formatting characters (pasted text, spoofing attempts: U+202E turns the rest
+of a line around on screen). They carry nothing an intent or a
 slot value needs, so they are removed before slot grammars and the model see the text; the
 turn keeps what was received, and audit events write those characters as ``\\uXXXX`` escapes so
 a log viewer shows them instead of obeying them.

@@ -39,14 +39,11 @@ __all__ = [
     "PolicyReport",
     "Position",
     "load_attacks",
+    "markdown",
     "positions",
     "red_team",
     "sample_attacks",
 ]
-
-KINDS = ("off_policy", "undeclared_transition", "effect_without_precondition")
-"""What a red-team check can find; the report counts each and must count zero of all."""
-
 
 @dataclass(frozen=True)
 class Attack:
