@@ -45,6 +45,7 @@ __all__ = [
     "sample_attacks",
 ]
 
+
 @dataclass(frozen=True)
 class Attack:
     """One attack string and where it came from."""
