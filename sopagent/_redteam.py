@@ -718,8 +718,8 @@ def markdown(reports: Sequence[PolicyReport], *, attacks: int) -> str:
     )
     out += [
         "",
-        "What the attacks were classified as (intent: count; `(slots)`, `(none)`: no"
-        " intent, the message held only slot values or nothing a model was asked about):",
+        "What the attacks were classified as (intent: count; `(slots)`: the message held"
+        " only slot values; `(none)`: not read, longer than the policy's limits.max_input):",
         "",
     ]
     out += ["| policy | position | where | classified as |", "|---|---|---|---|"]
