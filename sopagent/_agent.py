@@ -28,9 +28,8 @@ from sopagent._effects import CompiledEffect, resolve, validate_returned
 from sopagent._limits import (
     DecisionRunner,
     DecisionTimeoutError,
-    encodable,
     escape_hidden,
-    visible,
+    received,
 )
 from sopagent._locales import LocaleTable
 from sopagent._slots import Found, SlotType
@@ -371,7 +370,7 @@ class Agent:
         if session.policy_hash != compiled.hash or state is None or state.kind != "wait":
             raise SessionError(f"session {session.id} is not waiting for input in this policy")
         error: str | None = None
-        text = encodable(text)
+        text, heard = received(text)
         if len(text) > self._max_input:
             error = f"InputTooLong: {self._too_long(text)}"
             text = text[: self._max_input]
@@ -379,7 +378,6 @@ class Agent:
             slots: dict[str, Any] = {}
             classified = _Classified(None, 0.0, "none", Usage(), {})
         else:
-            heard = visible(text)
             found, taken = self._extract(state, heard)
             slots = {n: f.value for n, f in found.items() if f.error is None}
             try:
@@ -443,8 +441,9 @@ class Agent:
             raise SessionError(f"session {session.id} is in unknown state {session.state!r}")
         if text is None and session.started:
             return self._empty_turn(session)
+        clean = text
         if text is not None:
-            text = encodable(text)
+            text, clean = received(text)
         work = _Work(
             session.state,
             dict(session.slots),
@@ -486,7 +485,7 @@ class Agent:
                     text = text[: self._max_input]
                     raise _TooLong(message)
                 if heard is None:
-                    clean = visible(text)
+                    assert clean is not None
                     found, taken = self._extract(state, clean)
                     found_slots = {n: f.value for n, f in found.items() if f.error is None}
                     invalid = {n: f.error for n, f in found.items() if f.error is not None}

@@ -29,6 +29,7 @@ __all__ = [
     "DecisionTimeoutError",
     "encodable",
     "escape_hidden",
+    "received",
     "visible",
 ]
 
@@ -59,6 +60,17 @@ def encodable(text: str) -> str:
     if _SURROGATE.search(text) is None:
         return text
     return _SURROGATE.sub("\ufffd", text)
+
+
+_SUSPECT = re.compile(f"[{_CONTROL}{_FORMAT}\ud800-\udfff]")
+
+
+def received(text: str) -> tuple[str, str]:
+    """``(encodable(text), visible(encodable(text)))``, with one scan for ordinary text."""
+    if _SUSPECT.search(text) is None:
+        return text, text
+    kept = encodable(text)
+    return kept, visible(kept)
 
 
 def visible(text: str) -> str:
