@@ -5,7 +5,9 @@ most, none when an example, a forced label or the slot values alone decide it), 
 route the state declares for it, fire that transition on the compiled machine, run decision
 functions of the states entered until one waits for input, render the approved responses, and
 write one audit event. Any failure underneath (backend, decision function, rendering) takes
-the policy's error route and leaves the session as it was before the turn.
+the policy's error route and leaves the session as it was before the turn. A message longer
+than the policy's ``limits.max_input`` is not read at all: the too-long or fallback line is
+said and the session is kept the same way.
 """
 
 from __future__ import annotations
