@@ -5,7 +5,9 @@ most, none when an example, a forced label or the slot values alone decide it), 
 route the state declares for it, fire that transition on the compiled machine, run decision
 functions of the states entered until one waits for input, render the approved responses, and
 write one audit event. Any failure underneath (backend, decision function, rendering) takes
-the policy's error route and leaves the session as it was before the turn.
+the policy's error route and leaves the session as it was before the turn. A message longer
+than the policy's ``limits.max_input`` is not read at all: the too-long or fallback line is
+said and the session is kept the same way.
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ from pydantic import BaseModel
 
 from sopagent._compile import CompiledPolicy, CompiledRoute, CompiledState
 from sopagent._effects import CompiledEffect, resolve, validate_returned
+from sopagent._limits import (
+    DecisionRunner,
+    DecisionTimeoutError,
+    escape_hidden,
+    received,
+)
 from sopagent._locales import LocaleTable
 from sopagent._slots import Found, SlotType
 from sopagent.audit import AuditSink, NullSink, StructlogSink
@@ -38,7 +46,7 @@ from sopagent.backends import (
 )
 from sopagent.decisions import Context, HistoryItem, Outcome, declared_effects, declared_reads
 from sopagent.errors import BackendError, DecisionError, RuntimeFault, SessionError
-from sopagent.policy import OUT_OF_SCOPE
+from sopagent.policy import OUT_OF_SCOPE, Route
 from sopagent.session import (
     DecisionRecord,
     Effect,
@@ -61,13 +69,16 @@ _FILLER = frozenset({
     "please", "thanks", "thank", "you", "here", "this", "that", "of", "for", "s", "sure", "ok",
     "okay", "yes",
 })  # fmt: skip
-_MAX_INPUT = 2000
 _PUNCTUATION = re.compile(r"[^\w\s]")
 Source = Literal["model", "example", "slots", "forced", "none", "error"]
 
 
 class _RouteFault(RuntimeFault):
     """The procedure could not be followed (render failure, route loop, undeclared move)."""
+
+
+class _TooLong(RuntimeFault):
+    """The message is longer than the policy's ``limits.max_input``; nothing was asked."""
 
 
 class _ReplayedError(BackendError):
@@ -197,6 +208,10 @@ class Agent:
             )
             for name, state in compiled.states.items()
         }
+        limits = compiled.policy.limits
+        self._max_input = limits.max_input
+        seconds = limits.decision_seconds
+        self._runner = DecisionRunner(seconds) if seconds is not None else None
         self._personal = {name for name, slot in compiled.policy.slots.items() if slot.personal} | {
             name for name, fact in compiled.policy.facts.items() if fact.personal
         }
@@ -367,15 +382,22 @@ class Agent:
         state = compiled.states.get(session.state)
         if session.policy_hash != compiled.hash or state is None or state.kind != "wait":
             raise SessionError(f"session {session.id} is not waiting for input in this policy")
-        text = text[:_MAX_INPUT]
-        found, taken = self._extract(state, text)
-        slots = {n: f.value for n, f in found.items() if f.error is None}
         error: str | None = None
-        try:
-            classified = self._classify(state, text, None, slots, taken, session.locale)
-        except BackendError as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            classified = _Classified(None, 0.0, "error", Usage(calls=1), {})
+        text, heard = received(text)
+        if len(text) > self._max_input:
+            error = f"InputTooLong: {self._too_long(text)}"
+            text = text[: self._max_input]
+            found: dict[str, Found] = {}
+            slots: dict[str, Any] = {}
+            classified = _Classified(None, 0.0, "none", _NO_USAGE, {})
+        else:
+            found, taken = self._extract(state, heard)
+            slots = {n: f.value for n, f in found.items() if f.error is None}
+            try:
+                classified = self._classify(state, heard, None, slots, taken, session.locale)
+            except BackendError as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                classified = _Classified(None, 0.0, "error", Usage(calls=1), {})
         usage = classified.usage
         return trusted(
             Turn,
@@ -432,6 +454,9 @@ class Agent:
             raise SessionError(f"session {session.id} is in unknown state {session.state!r}")
         if text is None and session.started:
             return self._empty_turn(session)
+        clean = text
+        if text is not None:
+            text, clean = received(text)
         work = _Work(
             session.state,
             dict(session.slots),
@@ -467,15 +492,19 @@ class Agent:
                 _update(work.facts, given)
                 if not session.started:
                     self._enter(work, session.state, None)
-                text = text[:_MAX_INPUT]
                 state = compiled.states[work.state]
+                if len(text) > self._max_input:
+                    message = self._too_long(text)
+                    text = text[: self._max_input]
+                    raise _TooLong(message)
                 if heard is None:
-                    found, taken = self._extract(state, text)
+                    assert clean is not None
+                    found, taken = self._extract(state, clean)
                     found_slots = {n: f.value for n, f in found.items() if f.error is None}
                     invalid = {n: f.error for n, f in found.items() if f.error is not None}
                     try:
                         classified = self._classify(
-                            state, text, forced, found_slots, taken, work.locale
+                            state, clean, forced, found_slots, taken, work.locale
                         )
                     except BackendError as exc:
                         if tape is not None:
@@ -524,9 +553,13 @@ class Agent:
             responses = self._render(work, text or "")
             if work.usage is not _NO_USAGE:
                 usage = usage + work.usage
-        except (BackendError, DecisionError, _RouteFault) as exc:
+        except (BackendError, DecisionError, _RouteFault, _TooLong) as exc:
             error = (
-                exc.recorded if isinstance(exc, _ReplayedError) else f"{type(exc).__name__}: {exc}"
+                exc.recorded
+                if isinstance(exc, _ReplayedError)
+                else f"InputTooLong: {exc}"
+                if isinstance(exc, _TooLong)
+                else f"{type(exc).__name__}: {exc}"
             )
             failed = True
             backend_failed = isinstance(exc, BackendError)
@@ -547,6 +580,8 @@ class Agent:
             )
             work.chosen = chosen
             error_route = compiled.policy.global_.error
+            if isinstance(exc, _TooLong):
+                error_route = self._too_long_route()
             self._say(work, tuple(error_route.say), (), tuple(error_route.vary))
             responses = self._render(work, "")
             found_slots, invalid, accepted = {}, {}, False
@@ -619,6 +654,22 @@ class Agent:
         )
         self._emit(session, turn, compiled.states[state_before].allowed)
         return turn
+
+    def _too_long(self, text: str) -> str:
+        return (
+            f"the message has {len(text)} characters, more than the policy's limit of"
+            f" {self._max_input}"
+        )
+
+    def _too_long_route(self) -> Route:
+        """What a message longer than the limit is answered with: a route that only says."""
+        policy = self.compiled.policy
+        if policy.limits.too_long is not None:
+            return Route(say=[policy.limits.too_long])
+        fallback = policy.global_.fallback
+        if fallback.say or fallback.vary:
+            return fallback
+        return policy.global_.error
 
     def _empty_turn(self, session: Session) -> Turn:
         """What `start` returns for a session already started: nothing happened."""
@@ -897,7 +948,12 @@ class Agent:
             turn=work.turn,
         )
         try:
-            result = function(context)
+            if self._runner is None:
+                result = function(context)
+            else:
+                result = self._runner.call(function, context)
+        except DecisionTimeoutError as exc:
+            raise DecisionError(f"{name} {exc}", function=name) from exc
         except Exception as exc:
             raise DecisionError(
                 f"{name} raised {type(exc).__name__}: {exc}", function=name
@@ -1055,7 +1111,7 @@ class Agent:
                 "policy_hash": self.compiled.hash,
                 "session_id": session.id,
                 "turn": turn.index,
-                "text": self._audited_text(turn),
+                "text": _escaped(self._audited_text(turn)),
                 "state_before": turn.state_before,
                 "state_after": turn.state_after,
                 "path": list(turn.path),
@@ -1095,6 +1151,10 @@ def _assign(target: Any, values: dict[str, Any]) -> None:
     else:
         for name, value in values.items():
             setattr(target, name, value)
+
+
+def _escaped(text: str | None) -> str | None:
+    return None if text is None else escape_hidden(text)
 
 
 def _update(facts: dict[str, Any], given: Mapping[str, Any]) -> None:

@@ -98,6 +98,8 @@ class _Checker:
         if policy.global_.confidence is not None:
             self.route(policy.global_.confidence.below, "global", "confidence", "below")
         self.route(policy.global_.error, "global", "error", plain=True)
+        if policy.limits.too_long is not None:
+            self.response(policy.limits.too_long, "limits", "too_long", plain=True)
         if policy.global_.filler is not None:
             self.route(policy.global_.filler, "global", "filler", plain=True)
         if policy.global_.error.to is not None:
@@ -254,7 +256,13 @@ class _Checker:
                     )
                 )
         if plain and entry.placeholders:
-            said = "as a filler" if "filler" in path else "on errors"
+            said = (
+                "as a filler"
+                if "filler" in path
+                else "for too long a message"
+                if "too_long" in path
+                else "on errors"
+            )
             self.error(
                 "SOP027",
                 f"response {response!r} is said {said} and may not have placeholders",

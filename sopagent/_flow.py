@@ -90,6 +90,8 @@ def references(policy: Policy) -> set[str]:
         route(value)
     route(policy.global_.fallback)
     route(policy.global_.error)
+    if policy.limits.too_long is not None:
+        used.add(policy.limits.too_long)
     route(policy.global_.filler)
     if policy.global_.confidence is not None:
         route(policy.global_.confidence.below)
@@ -1003,6 +1005,8 @@ class _Analysis:
 
     def never_said(self) -> None:
         live: set[str] = set(self.policy.global_.error.say)
+        if self.policy.limits.too_long is not None:
+            live.add(self.policy.limits.too_long)
         # Filler lines are said whenever a turn misses its time budget, in any waiting state.
         for filler in (
             self.policy.global_.filler,

@@ -347,6 +347,8 @@ def _said_in(compiled: CompiledPolicy) -> dict[str, list[str]]:
     for name, slot in policy.slots.items():
         add([r for r in (slot.ask, slot.invalid) if r], f"slot {name}")
     add(policy.global_.error.say, "error route")
+    if policy.limits.too_long is not None:
+        add([policy.limits.too_long], "input too long")
     return out
 
 

@@ -18,13 +18,14 @@ Commands:
 * ``export-lines POLICY``: every catalog line of every locale as CSV;
 * ``serve POLICY...``: the HTTP service (extra ``server``); ``new-key``: an API key for it;
 * ``test PATH...``: run conversation tests (``--coverage``, ``--backend``, ``--generate``);
-* ``review POLICY -o FILE``: the review document a compliance reviewer signs.
+* ``review POLICY -o FILE``: the review document a compliance reviewer signs;
+* ``redteam POLICY...``: real attack text as user turns, every line, move and effect checked.
 
 Exit codes: 0 success, 1 findings (``check``, ``approve --status``, ``verify``, ``diff``,
-``replay``, ``test``, an ``npc --replay`` that diverged from its recording), 2 authoring or
-usage errors (`sopagent.errors.PolicyError`, bad options, malformed input files), 3 run-time
-faults (`sopagent.errors.RuntimeFault`, the embedded backend missing). Heavy modules (rich, the
-embedded model) are imported only by the commands that need them.
+``replay``, ``test``, ``redteam``, an ``npc --replay`` that diverged from its recording), 2
+authoring or usage errors (`sopagent.errors.PolicyError`, bad options, malformed input files),
+3 run-time faults (`sopagent.errors.RuntimeFault`, the embedded backend missing). Heavy modules
+(rich, the embedded model) are imported only by the commands that need them.
 """
 
 from __future__ import annotations
@@ -1904,6 +1905,78 @@ def review(
                 f" {summary['violated']} failing; {summary['conversations_passed']}/"
                 f"{summary['conversations']} conversation tests pass"
             )
+
+
+# --- red team ----------------------------------------------------------------------------------
+
+_ATTACKS = (
+    Path(__file__).resolve().parent.parent / "tests" / "data" / "injection" / "attacks_ci.jsonl"
+)
+
+
+@app.command()
+def redteam(
+    policies: Annotated[list[Path], typer.Argument(help="Policy YAML files.", show_default=False)],
+    *,
+    attacks: Annotated[
+        Path,
+        typer.Option(
+            "--attacks",
+            metavar="FILE",
+            help='Attack strings as JSON lines: {"id": ..., "text": ..., "corpus": ...}.'
+            " By default the 336 attacks of tests/data/injection/attacks_ci.jsonl.",
+        ),
+    ] = _ATTACKS,
+    sample: Annotated[
+        int | None,
+        typer.Option(
+            "--sample",
+            metavar="N",
+            help="Play a deterministic sample of N attacks, stratified by corpus.",
+            show_default=False,
+        ),
+    ] = None,
+    backend: BackendOpt = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print counts, breakdowns and every attack's label.")
+    ] = False,
+) -> None:
+    """Play every attack as a user turn, at the start and mid-conversation; check what got out.
+
+    Lines said must be catalog templates with the session's values, moves declared
+    transitions, consequential actions backed by the procedure's preconditions. Exit code 1
+    when any check fails.
+    """
+    from sopagent._agent import Agent  # noqa: PLC0415
+    from sopagent._redteam import load_attacks, markdown, red_team, sample_attacks  # noqa: PLC0415
+
+    with _reporting():
+        try:
+            strings = load_attacks(attacks)
+        except (OSError, ValueError) as exc:
+            raise typer.BadParameter(str(exc), param_hint="--attacks") from None
+        if sample is not None:
+            strings = sample_attacks(strings, sample)
+        compiled_all = [_compile(path) for path in policies]
+        model = _backend(backend, None, compiled_all[0])
+        reports = []
+        for compiled in compiled_all:
+            agent = Agent(compiled, model, audit=_NullSink())
+            _err(f"{compiled.name}: {len(strings)} attacks")
+            reports.append(red_team(agent, strings))
+        failed = sum(len(r.findings) for r in reports)
+        if json_output:
+            document = {
+                "attacks": str(attacks),
+                "tried": len(strings),
+                "findings": failed,
+                "policies": [r.to_json(attacks=True) for r in reports],
+            }
+            typer.echo(json.dumps(document, indent=2, ensure_ascii=False))
+        else:
+            typer.echo(markdown(reports, attacks=len(strings)), nl=False)
+        if failed:
+            raise typer.Exit(1)
 
 
 # --- entry point -----------------------------------------------------------------------------

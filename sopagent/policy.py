@@ -53,6 +53,7 @@ __all__ = [
     "Intent",
     "IntentEvent",
     "LeadsToProperty",
+    "Limits",
     "MoneySlot",
     "NeverBothProperty",
     "NeverProperty",
@@ -657,6 +658,33 @@ Property = Annotated[
 ]
 
 
+class Limits(_Model):
+    """Bounds on what one turn accepts and how long its decision code may run."""
+
+    max_input: int = Field(
+        default=4000,
+        ge=1,
+        le=1_000_000,
+        description="Longest user message, in characters. A longer one is not sent to the model"
+        " and fills no slot: the turn says `too_long` (or the fallback's lines) and the session"
+        " stays as it was, as on a backend failure.",
+    )
+    too_long: Identifier | None = Field(
+        default=None,
+        description="Response said for a message longer than max_input; by default the global"
+        " fallback's lines, or the error route's when the fallback says nothing.",
+    )
+    decision_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        le=3600,
+        description="Longest run of one decision function, in seconds; a longer one fails the"
+        " turn with a DecisionError. Limited calls run on a worker thread (tens of microseconds"
+        " each); Python cannot stop a thread, so a call past its limit is abandoned, not killed."
+        " None: no limit, decisions run on the caller's thread.",
+    )
+
+
 class Policy(_Sourced):
     """A standard operating procedure: intents, slots, facts, states and their routes."""
 
@@ -707,6 +735,10 @@ class Policy(_Sourced):
         " description with off-topic examples.",
     )
     global_: GlobalRoutes = Field(alias="global")
+    limits: Limits = Field(
+        default_factory=Limits,
+        description="Longest user message and longest decision run a turn accepts.",
+    )
     states: dict[Identifier, State] = Field(min_length=1)
     properties: dict[Identifier, Property] = Field(
         default_factory=dict,
