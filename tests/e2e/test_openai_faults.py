@@ -154,7 +154,8 @@ def test_breaker_opens_stops_requests_and_closes_after_a_probe(
     for _ in range(5):
         turn = agent.respond(session, VAGUE)
         assert [r.id for r in turn.responses] == ["technical_issue"]
-        assert turn.error is not None and "circuit open" in turn.error
+        assert turn.error is not None
+        assert "circuit open" in turn.error
     assert server.count() == 6  # nothing reached the server while open
     after = json.loads(session.to_json())
     assert (after["state"], after["slots"], after["facts"]) == (
