@@ -38,7 +38,7 @@ KINDS = (
     "ok", "timeout", "reset", "429", "500", "invalid", "off_enum", "missing", "refusal",
     "length", "drip",
 )  # fmt: skip
-RETRYABLE = frozenset({"timeout", "reset", "429", "500", "drip"})
+RETRYABLE = frozenset({"timeout", "reset", "429", "500", "invalid", "drip"})
 """The faults a client may fix by trying again; the others are answers, wrong ones."""
 
 

@@ -22,8 +22,10 @@ import pytest
 
 import sopagent
 from sopagent import Agent, Session
+from sopagent.backends import ClassifyRequest, Label
 from sopagent.backends.openai import from_openai
 from sopagent.backends.resilient import ResilientBackend, resilient
+from sopagent.errors import BackendError, BackendTimeout, BackendUnavailable
 from tests.conftest import REFUND_POLICY
 from tests.e2e.test_server import launch
 from tests.fault_server import RETRYABLE, FaultServer
@@ -120,6 +122,35 @@ def test_each_fault_yields_the_error_line_and_keeps_the_session(
     assert server.count() == expected + 1
     assert backend.state == "closed"
     backend.close()
+
+
+@pytest.mark.parametrize(
+    ("fault", "error"),
+    [("invalid", BackendError), ("drip", BackendTimeout), ("timeout", BackendTimeout),
+     ("reset", BackendUnavailable), ("429", BackendUnavailable), ("500", BackendUnavailable)],
+)  # fmt: skip
+def test_the_bare_backend_raises_a_retryable_backend_error(
+    server: FaultServer, client: openai.OpenAI, fault: str, error: type[BackendError]
+) -> None:
+    """Without the resilience layer each fault is still a typed, retryable BackendError."""
+    agent = sopagent.load_agent(
+        REFUND_POLICY,
+        backend=from_openai(client, model="fault-model", timeout=1.0, max_retries=0),
+        audit=sopagent.MemorySink(),
+    )
+    session = started(agent)
+    labels = (Label("request_refund", "The customer asks for a refund."),
+              Label("out_of_scope", "Anything else."))  # fmt: skip
+    server.play([fault])
+    with pytest.raises(error) as raised:
+        agent.backend.classify(ClassifyRequest(text=VAGUE, labels=labels, vocabulary=labels))
+    assert raised.value.retryable
+    server.play([fault])
+    turn = agent.respond(session, VAGUE)  # the agent turns it into the error line
+    assert [r.id for r in turn.responses] == ["technical_issue"]
+    assert turn.error is not None
+    assert turn.error.startswith(error.__name__)
+    assert server.count() == 2
 
 
 def test_faults_then_recovery_within_the_retries(
