@@ -176,7 +176,7 @@ class Conversation:
                 return answer
             if time.monotonic() > deadline:
                 raise SystemExit(f"no answer {status} in 120 s: last {code}")
-            time.sleep(0.05)
+            time.sleep(0.2)  # a client in a hurry: Retry-After says 1 s
 
     def check(self) -> None:
         """Count this session's lost turns and whether it is half written."""
@@ -238,7 +238,8 @@ def model_faults(work: Path, tally: Tally) -> None:
                 conversation.say("it is still not what I hoped for")
                 time.sleep(0.6)  # the breaker's cooldown, should the fault have opened it
                 conversation.say("it is not what I hoped for, again")
-        tally.faults.update(f"model {s.partition(':')[0]}" for s in server.seen if s != "ok")
+        kinds = (step.partition(":")[0] for step in server.seen)
+        tally.faults.update(f"model {kind}" for kind in kinds if kind != "ok")
     finally:
         service.stop()
         server.stop()
