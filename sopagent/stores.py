@@ -453,6 +453,8 @@ if version ~= ARGV[2] then return -2 end
 local turns = tonumber(redis.call('HGET', KEYS[1], 'turns'))
 if turns ~= tonumber(ARGV[10]) then return -3 end
 if ARGV[6] ~= '' then
+    -- Records past the session's count are what a commit cut short left (see RedisStore).
+    if redis.call('LLEN', KEYS[2]) > turns then redis.call('LTRIM', KEYS[2], 0, turns - 1) end
     redis.call('RPUSH', KEYS[2], ARGV[6])
     if ARGV[7] ~= '' then
         redis.call('HSET', KEYS[3], ARGV[7], ARGV[8] .. ' ' .. turns)
@@ -486,7 +488,13 @@ class RedisStore:
 
     Each session is a hash, its transcript a list and its idempotency keys a hash; the lease is
     a key with an expiry, and a commit is one Lua script, so it is atomic. Run Redis with
-    ``appendonly yes`` to keep sessions through a restart of Redis itself.
+    ``appendonly yes`` to keep sessions through a restart of Redis itself, and
+    ``appendfsync always`` to keep every acknowledged turn through a crash of Redis.
+
+    The session hash's ``turns`` is what counts: a commit whose effects were kept only in part
+    (a crash of Redis in the middle of writing its append-only file can leave a prefix of
+    them) may leave a transcript record past it, or an idempotency key pointing there. Such
+    a record is not read, such a key is not replayed, and the next commit overwrites them.
 
     Args:
         url: ``redis://host:port/db`` (or ``rediss://``, ``unix://``).
@@ -564,18 +572,30 @@ class RedisStore:
 
     def transcript(self, session_id: str, start: int = 0) -> list[str]:
         """Return transcript records from ``start`` on."""
+        key, turns_key, _, _ = self._keys(session_id)
         with self._errors("transcript"):
-            records: list[str] = self._client.lrange(self._keys(session_id)[1], start, -1)
-        return records
+            pipe = self._client.pipeline(transaction=True)
+            pipe.hget(key, "turns")
+            pipe.lrange(turns_key, start, -1)
+            count, records = pipe.execute()
+        if count is None:
+            return []
+        kept: list[str] = records[: max(0, int(count) - start)]
+        return kept
 
     def replay(self, session_id: str, key: str) -> Replay | None:
         """Return the record answered to ``key``, if any."""
-        _, turns, keys, _ = self._keys(session_id)
+        session, turns, keys, _ = self._keys(session_id)
         with self._errors("replay"):
-            found: str | None = self._client.hget(keys, key)
-            if found is None:
+            pipe = self._client.pipeline(transaction=True)
+            pipe.hget(keys, key)
+            pipe.hget(session, "turns")
+            found, count = pipe.execute()
+            if found is None or count is None:
                 return None
             digest, _, index = found.rpartition(" ")
+            if int(index) >= int(count):
+                return None  # left by a commit cut short: that turn was never answered
             record: str | None = self._client.lindex(turns, int(index))
         return None if record is None else Replay(digest, record)
 

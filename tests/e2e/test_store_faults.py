@@ -7,7 +7,7 @@ failed must leave nothing behind, so the next turn continues from the last ackno
 
 from __future__ import annotations
 
-import os
+import json
 import shutil
 import signal
 import sqlite3
@@ -23,7 +23,6 @@ import pytest
 from tests.conftest import free_port
 from tests.e2e.test_server import launch
 
-KILLS = int(os.environ.get("KILLS", "2"))
 PATTERN = ("I'd like a refund", "12345", "hello there")
 
 
@@ -339,5 +338,36 @@ def test_redis_killed_during_a_run_of_turns(tmp_path: Path, redis_process: Redis
             assert user_texts(client, session_id) == acknowledged[session_id]
             view = client.get(f"/v1/sessions/{session_id}").json()
             assert view["turns"] == 1 + len(acknowledged[session_id])
+    finally:
+        assert running.stop() == 0
+
+
+def test_redis_commit_kept_only_in_part_is_neither_read_nor_replayed(
+    tmp_path: Path, redis_process: RedisProcess
+) -> None:
+    """A record and a key left past the session's count by a cut-short commit are ignored."""
+    import redis  # noqa: PLC0415
+
+    from sopagent.server._service import _digest  # noqa: PLC0415 (the service's request digest)
+
+    running = launch(tmp_path / "partial", "--lock-ttl", "1", "--store", redis_process.url)
+    try:
+        client = running.client()
+        session_id = create(client)
+        assert post(client, session_id, "I'd like a refund").status_code == 200
+        # What a crash in the middle of writing the next commit can leave: its record and
+        # its idempotency key, without the session update that counts them.
+        raw = redis.Redis.from_url(redis_process.url, decode_responses=True)
+        orphan = client.get(f"/v1/sessions/{session_id}/transcript").json()["records"][1]
+        raw.rpush(f"sopagent:t:{session_id}", json.dumps(orphan))
+        raw.hset(f"sopagent:i:{session_id}", "k-cut", f"{_digest('12345', None)} 2")
+        raw.close()
+        assert user_texts(client, session_id) == ["I'd like a refund"]
+        answer = post(client, session_id, "12345", "k-cut")
+        assert answer.status_code == 200, answer.text
+        assert "idempotent-replayed" not in answer.headers
+        assert answer.json()["turn"]["index"] == 2
+        assert user_texts(client, session_id) == ["I'd like a refund", "12345"]
+        assert post(client, session_id, "12345", "k-cut").headers["idempotent-replayed"] == "true"
     finally:
         assert running.stop() == 0
