@@ -492,7 +492,7 @@ class RedisStore:
     ``appendfsync always`` to keep every acknowledged turn through a crash of Redis.
 
     The session hash's ``turns`` is what counts: a commit whose effects were kept only in part
-    (a crash of Redis in the middle of writing its append-only file can leave a prefix of
+    (a crash of Redis in the middle of writing its append-only file may leave a prefix of
     them) may leave a transcript record past it, or an idempotency key pointing there. Such
     a record is not read, such a key is not replayed, and the next commit overwrites them.
 
