@@ -79,8 +79,10 @@ class Tally:
     statuses: Counter[int] = field(default_factory=Counter)
     attempted: int = 0
     acknowledged: int = 0
+    given_up: int = 0
     lost: int = 0
     half_written: int = 0
+    phases: dict[str, dict[str, int]] = field(default_factory=dict)
     sessions: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -139,6 +141,8 @@ class Conversation:
         self.client = client
         self.tally = tally
         answer = self._until(lambda: client.post("/v1/sessions", json={"policy": "refund"}), 201)
+        if answer is None:
+            raise SystemExit("no session could be created in 60 s")
         self.id: str = answer.json()["session"]["id"]
         self.acknowledged: list[str] = []
         self.sent = 0
@@ -151,19 +155,23 @@ class Conversation:
         self.sent += 1
         with self.tally.lock:
             self.tally.attempted += 1
-        self._until(
+        answered = self._until(
             lambda: self.client.post(
                 f"/v1/sessions/{self.id}/messages", json={"text": text},
                 headers={"Idempotency-Key": key},
             ),
             200,
         )  # fmt: skip
-        self.acknowledged.append(text)
         with self.tally.lock:
+            if answered is None:
+                self.tally.given_up += 1
+                return
             self.tally.acknowledged += 1
+        self.acknowledged.append(text)
 
-    def _until(self, send: Any, status: int) -> httpx.Response:
-        deadline = time.monotonic() + 120
+    def _until(self, send: Any, status: int) -> httpx.Response | None:
+        """Send until the answer has ``status``; ``None`` after 60 s without one."""
+        deadline = time.monotonic() + 60
         while True:
             try:
                 answer: httpx.Response = send()
@@ -175,7 +183,7 @@ class Conversation:
             if code == status:
                 return answer
             if time.monotonic() > deadline:
-                raise SystemExit(f"no answer {status} in 120 s: last {code}")
+                return None
             time.sleep(0.2)  # a client in a hurry: Retry-After says 1 s
 
     def check(self) -> None:
@@ -370,6 +378,18 @@ def redis_faults(work: Path, tally: Tally) -> None:
         redis.kill()
 
 
+def phase(tally: Tally, name: str, run: Any) -> Any:
+    """Run one phase of the schedule and keep its own counts."""
+    before = (tally.attempted, tally.acknowledged, tally.given_up, tally.statuses[503])
+    started = time.monotonic()
+    result = run()
+    after = (tally.attempted, tally.acknowledged, tally.given_up, tally.statuses[503])
+    keys = ("attempted", "acknowledged", "given_up", "503")
+    tally.phases[name] = {k: b - a for k, a, b in zip(keys, before, after, strict=True)}
+    tally.phases[name]["seconds"] = round(time.monotonic() - started)
+    return result
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -378,20 +398,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     skipped: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bench-faults-") as temporary:
         work = Path(temporary)
-        model_faults(work, tally)
-        sqlite_faults(work, tally)
-        if not disk_full(work, tally):
+        phase(tally, "model", lambda: model_faults(work, tally))
+        phase(tally, "sqlite", lambda: sqlite_faults(work, tally))
+        if not phase(tally, "disk full", lambda: disk_full(work, tally)):
             skipped.append("disk full (cannot mount a tmpfs)")
-        redis_faults(work, tally)
+        phase(tally, "redis", lambda: redis_faults(work, tally))
     result: dict[str, Any] = {
         "faults_injected": dict(sorted(tally.faults.items())),
         "sessions": tally.sessions,
         "turns_attempted": tally.attempted,
         "turns_acknowledged": tally.acknowledged,
+        "turns_given_up": tally.given_up,
         "acknowledged_turns_lost": tally.lost,
         "half_written_sessions": tally.half_written,
         "answers": {str(k): v for k, v in sorted(tally.statuses.items())},
         "answers_500": sum(v for k, v in tally.statuses.items() if k >= 500 and k != 503),
+        "phases": tally.phases,
         "skipped": skipped,
     }
     if options.json:
@@ -403,15 +425,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"| sessions | {result['sessions']} |",
             f"| turns attempted | {result['turns_attempted']} |",
             f"| turns acknowledged | {result['turns_acknowledged']} |",
+            f"| turns given up (no 200 in 60 s of retries) | {result['turns_given_up']} |",
             f"| acknowledged turns lost | {result['acknowledged_turns_lost']} |",
             f"| half-written sessions | {result['half_written_sessions']} |",
             f"| 500 answers | {result['answers_500']} |",
         ]
         lines += [f"| answers {k} | {v} |" for k, v in result["answers"].items()]
+        lines += [
+            "",
+            "| phase | turns attempted | acknowledged | given up | 503 answers | seconds |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {name} | {p['attempted']} | {p['acknowledged']} | {p['given_up']} | {p['503']}"
+            f" | {p['seconds']} |"
+            for name, p in tally.phases.items()
+        ]
         print("\n".join(lines))
         for reason in skipped:
             print(f"skipped: {reason}")
-    bad = result["acknowledged_turns_lost"] or result["half_written_sessions"]
+    bad = result["acknowledged_turns_lost"] or result["half_written_sessions"] or tally.given_up
     return 1 if bad or result["answers_500"] else 0
 
 

@@ -21,7 +21,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -298,10 +298,14 @@ class SqliteStore:
             self._busy(db, "BEGIN IMMEDIATE")
             try:
                 yield db
+                # COMMIT is where a full disk shows (the WAL is written then); a COMMIT that
+                # failed may leave the transaction open, holding the write lock for good.
+                db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:
+                    with suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
                 raise
-            db.execute("COMMIT")
 
     @contextmanager
     def _errors(self, what: str) -> Iterator[None]:
