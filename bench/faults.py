@@ -10,8 +10,9 @@ A fixed schedule, the same on every run:
   clients keep talking.
 * **sqlite_commit_fails**: a commit fails after its first write (a trigger refuses the
   transcript row with "database or disk is full").
-* **disk_full**: the store's tmpfs is filled up, then freed (skipped where tmpfs cannot be
-  mounted).
+* **disk_full**: the store's 16 MiB tmpfs is filled up, then freed (skipped where tmpfs
+  cannot be mounted). It must leave room for SQLite's write-ahead log, which grows to about
+  4 MiB before a checkpoint: a disk that the log itself fills stays full.
 * **redis_killed**: redis-server is killed with SIGKILL three times while clients talk, and
   restarted on the same files (``appendfsync always``).
 
@@ -286,7 +287,7 @@ def sqlite_faults(work: Path, tally: Tally) -> None:
 def disk_full(work: Path, tally: Tally) -> bool:
     mount = work / "disk"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)],
                           capture_output=True, check=False)  # fmt: skip
     if done.returncode != 0:
         return False

@@ -312,6 +312,12 @@ class SqliteStore:
         try:
             yield
         except sqlite3.Error as exc:
+            db: sqlite3.Connection | None = getattr(self._local, "db", None)
+            if db is not None and db.in_transaction:
+                # A statement that failed on a full disk may leave its transaction open, and
+                # with it the write lock: no other writer could ever go on.
+                with suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
             raise StoreError(f"SQLite store {self.path}: {what} failed: {exc}") from exc
 
     def create(self, session: StoredSession, record: str) -> None:
@@ -371,7 +377,10 @@ class SqliteStore:
         with self._errors("acquire"), self._writing:
             db = self._db()
             if _RETURNING:
-                row = self._busy(db, f"{taking} RETURNING {_COLUMNS}", values).fetchone()
+                # Every row is read: the statement commits only once it has run to the end,
+                # and a commit that fails must raise here, not when the cursor is dropped.
+                rows = self._busy(db, f"{taking} RETURNING {_COLUMNS}", values).fetchall()
+                row = rows[0] if rows else None
             else:
                 taken = self._busy(db, taking, values).rowcount == 1
                 row = self._row(db, session_id) if taken else None
