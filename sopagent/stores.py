@@ -21,7 +21,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -298,16 +298,26 @@ class SqliteStore:
             self._busy(db, "BEGIN IMMEDIATE")
             try:
                 yield db
+                # COMMIT is where a full disk shows (the WAL is written then); a COMMIT that
+                # failed may leave the transaction open, holding the write lock for good.
+                db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:
+                    with suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
                 raise
-            db.execute("COMMIT")
 
     @contextmanager
     def _errors(self, what: str) -> Iterator[None]:
         try:
             yield
         except sqlite3.Error as exc:
+            db: sqlite3.Connection | None = getattr(self._local, "db", None)
+            if db is not None and db.in_transaction:
+                # A statement that failed on a full disk may leave its transaction open, and
+                # with it the write lock: no other writer could ever go on.
+                with suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
             raise StoreError(f"SQLite store {self.path}: {what} failed: {exc}") from exc
 
     def create(self, session: StoredSession, record: str) -> None:
@@ -367,7 +377,10 @@ class SqliteStore:
         with self._errors("acquire"), self._writing:
             db = self._db()
             if _RETURNING:
-                row = self._busy(db, f"{taking} RETURNING {_COLUMNS}", values).fetchone()
+                # Every row is read: the statement commits only once it has run to the end,
+                # and a commit that fails must raise here, not when the cursor is dropped.
+                rows = self._busy(db, f"{taking} RETURNING {_COLUMNS}", values).fetchall()
+                row = rows[0] if rows else None
             else:
                 taken = self._busy(db, taking, values).rowcount == 1
                 row = self._row(db, session_id) if taken else None
@@ -453,6 +466,8 @@ if version ~= ARGV[2] then return -2 end
 local turns = tonumber(redis.call('HGET', KEYS[1], 'turns'))
 if turns ~= tonumber(ARGV[10]) then return -3 end
 if ARGV[6] ~= '' then
+    -- Records past the session's count are what a commit cut short left (see RedisStore).
+    if redis.call('LLEN', KEYS[2]) > turns then redis.call('LTRIM', KEYS[2], 0, turns - 1) end
     redis.call('RPUSH', KEYS[2], ARGV[6])
     if ARGV[7] ~= '' then
         redis.call('HSET', KEYS[3], ARGV[7], ARGV[8] .. ' ' .. turns)
@@ -486,7 +501,13 @@ class RedisStore:
 
     Each session is a hash, its transcript a list and its idempotency keys a hash; the lease is
     a key with an expiry, and a commit is one Lua script, so it is atomic. Run Redis with
-    ``appendonly yes`` to keep sessions through a restart of Redis itself.
+    ``appendonly yes`` to keep sessions through a restart of Redis itself, and
+    ``appendfsync always`` to keep every acknowledged turn through a crash of Redis.
+
+    The session hash's ``turns`` is what counts: a commit whose effects were kept only in part
+    (a crash of Redis in the middle of writing its append-only file may leave a prefix of
+    them) may leave a transcript record past it, or an idempotency key pointing there. Such
+    a record is not read, such a key is not replayed, and the next commit overwrites them.
 
     Args:
         url: ``redis://host:port/db`` (or ``rediss://``, ``unix://``).
@@ -564,18 +585,30 @@ class RedisStore:
 
     def transcript(self, session_id: str, start: int = 0) -> list[str]:
         """Return transcript records from ``start`` on."""
+        key, turns_key, _, _ = self._keys(session_id)
         with self._errors("transcript"):
-            records: list[str] = self._client.lrange(self._keys(session_id)[1], start, -1)
-        return records
+            pipe = self._client.pipeline(transaction=True)
+            pipe.hget(key, "turns")
+            pipe.lrange(turns_key, start, -1)
+            count, records = pipe.execute()
+        if count is None:
+            return []
+        kept: list[str] = records[: max(0, int(count) - start)]
+        return kept
 
     def replay(self, session_id: str, key: str) -> Replay | None:
         """Return the record answered to ``key``, if any."""
-        _, turns, keys, _ = self._keys(session_id)
+        session, turns, keys, _ = self._keys(session_id)
         with self._errors("replay"):
-            found: str | None = self._client.hget(keys, key)
-            if found is None:
+            pipe = self._client.pipeline(transaction=True)
+            pipe.hget(keys, key)
+            pipe.hget(session, "turns")
+            found, count = pipe.execute()
+            if found is None or count is None:
                 return None
             digest, _, index = found.rpartition(" ")
+            if int(index) >= int(count):
+                return None  # left by a commit cut short: that turn was never answered
             record: str | None = self._client.lindex(turns, int(index))
         return None if record is None else Replay(digest, record)
 

@@ -21,6 +21,7 @@ import json
 import math
 import re
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -163,6 +164,7 @@ class OpenAIBackend:
         self, prompt: _Prompt, text: str, max_tokens: int
     ) -> tuple[dict[str, Any], float, Usage]:
         import openai  # noqa: PLC0415 (optional dependency)
+        from openai.types.chat import ChatCompletion  # noqa: PLC0415
 
         options: dict[str, Any] = {
             "model": self.model,
@@ -178,8 +180,12 @@ class OpenAIBackend:
         if self.logprobs:
             options["logprobs"] = True
             options["top_logprobs"] = 5
+        deadline = time.monotonic() + self.timeout
         try:
-            response = self.client.chat.completions.create(**options)
+            # Streamed, so that the body too must arrive by the deadline: the client's own
+            # timeout bounds each read, and an answer trickled slowly would never meet it.
+            with self.client.chat.completions.with_streaming_response.create(**options) as raw:
+                body = self._read(raw, deadline)
         except openai.APIStatusError as exc:
             raise self._status_error(exc) from exc
         except openai.APITimeoutError as exc:
@@ -192,20 +198,39 @@ class OpenAIBackend:
             ) from exc
         except openai.OpenAIError as exc:
             raise BackendError(f"request failed: {exc}", provider=self.name) from exc
+        try:
+            data: object = json.loads(body)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            # A server (or a proxy before it) that answers garbage may answer well next time.
+            raise BackendError(
+                f"the server's answer is not a JSON object: {one_line(body[:200])!r}",
+                provider=self.name,
+                retryable=True,
+            )
+        # Built as the SDK builds answers, without validation: the fields used are checked below.
+        response = ChatCompletion.model_construct(**data)
         usage = _usage(response)
-        if not response.choices:
+        choices = getattr(response, "choices", None)
+        if not choices or not isinstance(choices, list):
             raise BackendAnswerError("the server answered no choice", provider=self.name)
-        choice = response.choices[0]
-        message = choice.message
+        choice = choices[0]
+        message = getattr(choice, "message", None)
+        if message is None:
+            raise BackendAnswerError("the server's choice has no message", provider=self.name)
         refusal = getattr(message, "refusal", None)
         if refusal:
             raise BackendAnswerError(f"the model refused: {one_line(refusal)}", provider=self.name)
-        if choice.finish_reason == "length":
+        if getattr(choice, "finish_reason", None) == "length":
             raise BackendAnswerError(
                 f"the answer was cut at {max_tokens} tokens (finish_reason 'length')",
                 provider=self.name,
             )
-        content = message.content or ""
+        content = getattr(message, "content", None) or ""
+        if not isinstance(content, str):
+            raise BackendAnswerError(f"the answer is {type(content).__name__}, not text",
+                                     provider=self.name)  # fmt: skip
         try:
             answer = prompt.validator.model_validate_json(content).model_dump()
         except pydantic.ValidationError as exc:
@@ -219,6 +244,32 @@ class OpenAIBackend:
             allowed = prompt.schema["properties"][prompt.field]["enum"]
             score = _score(content, prompt.field, allowed, getattr(choice, "logprobs", None))
         return answer, score, usage
+
+    def _read(self, raw: Any, deadline: float) -> str:
+        """The whole body of ``raw``, or `BackendTimeout` once ``deadline`` has passed."""
+        chunks: list[bytes] = []
+        try:
+            for chunk in raw.iter_bytes():
+                chunks.append(chunk)
+                if time.monotonic() > deadline:
+                    raise BackendTimeout(
+                        f"the answer took longer than {self.timeout} s to arrive",
+                        provider=self.name,
+                        retryable=True,
+                    )
+        except BackendError:
+            raise
+        except Exception as exc:  # the HTTP library's own errors, whichever it is
+            if "timeout" in type(exc).__name__.lower():
+                raise BackendTimeout(
+                    f"the answer stalled for {self.timeout} s", provider=self.name, retryable=True
+                ) from exc
+            raise BackendUnavailable(
+                f"the answer broke off: {type(exc).__name__}: {exc}",
+                provider=self.name,
+                retryable=True,
+            ) from exc
+        return b"".join(chunks).decode("utf-8", errors="replace")
 
     def _status_error(self, exc: openai.APIStatusError) -> BackendError:
         status = exc.status_code

@@ -182,10 +182,17 @@ def _openai(timeout: float) -> Backend:
     from sopagent.backends.openai import from_openai  # noqa: PLC0415
 
     # The SDK's own timeout and retry, per request: concurrent turns do not wait on each other.
+    # The backend sets both on every request, so they are given to it, not only to the client.
     client = openai.OpenAI(
         api_key=os.environ.get("OPENAI_API_KEY") or "unused", timeout=timeout, max_retries=1
     )
-    return from_openai(client, model=model, dialect=dialect)  # type: ignore[arg-type]
+    return from_openai(
+        client,
+        model=model,
+        dialect=dialect,  # type: ignore[arg-type]
+        timeout=timeout,
+        max_retries=1,
+    )
 
 
 def _audit(config: ServeConfig, worker_suffix: bool) -> AuditSink:

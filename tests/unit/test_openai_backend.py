@@ -14,7 +14,7 @@ import pytest
 import sopagent
 from sopagent.backends import ChooseRequest, ClassifyRequest, Label
 from sopagent.backends.openai import OpenAIBackend, from_openai
-from sopagent.errors import BackendError
+from sopagent.errors import BackendAnswerError, BackendError, BackendUnavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -340,3 +340,41 @@ def test_agent_follows_a_valid_answer(
     enum = server.bodies[0]["response_format"]["json_schema"]["schema"]["properties"]["intent"]
     assert "request_refund" in enum["enum"]
     assert "affirm" not in enum["enum"]
+
+
+def test_a_body_that_is_not_json_is_retryable(make: Callable[..., OpenAIBackend]) -> None:
+    """A 200 whose body is not a JSON object is a retryable BackendError, not a crash."""
+    for body in (b'{"choices": [', b"[1, 2]", b"<html>busy</html>"):
+        server = Server(lambda request, body=body: httpx.Response(200, content=body))
+        with pytest.raises(BackendError, match="not a JSON object") as info:
+            make(server).classify(REQUEST)
+        assert info.value.retryable is True
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"id": "x"}, {"choices": []}, {"choices": [{"index": 0}]},
+     {"choices": [{"index": 0, "message": {"role": "assistant", "content": 7}}]}],
+    ids=["no-choices", "empty-choices", "no-message", "content-not-text"],
+)  # fmt: skip
+def test_answers_missing_their_parts_are_answer_errors(
+    make: Callable[..., OpenAIBackend], body: dict[str, Any]
+) -> None:
+    """A completion without choices, message or text content is a BackendAnswerError."""
+    with pytest.raises(BackendAnswerError) as info:
+        make(Server(body)).classify(REQUEST)
+    assert info.value.retryable is False
+
+
+def test_a_body_that_breaks_off_is_retryable(make: Callable[..., OpenAIBackend]) -> None:
+    """A connection lost in the middle of the body is a retryable BackendUnavailable."""
+
+    class Broken(httpx.SyncByteStream):
+        def __iter__(self) -> Iterator[bytes]:
+            yield b'{"id": "chatcmpl-1", "choices": ['
+            raise httpx.RemoteProtocolError("peer closed connection")
+
+    server = Server(lambda request: httpx.Response(200, stream=Broken()))
+    with pytest.raises(BackendUnavailable, match="broke off") as info:
+        make(server).classify(REQUEST)
+    assert info.value.retryable is True

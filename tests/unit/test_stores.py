@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -245,3 +247,42 @@ def test_sqlite_store_in_an_unwritable_place_is_a_store_error(tmp_path: Path) ->
     blocker.write_text("not a directory")
     with pytest.raises(StoreError, match="cannot open SQLite store"):
         SqliteStore(blocker / "sessions.db")
+
+
+class _FullOnCommit(sqlite3.Connection):
+    """A connection whose next ``fail`` COMMITs fail as on a full disk, the transaction open."""
+
+    fail = 0
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if sql == "COMMIT" and self.fail:
+            self.fail -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        return super().execute(sql, *args)
+
+
+def test_sqlite_commit_failing_on_a_full_disk_leaves_the_store_usable(tmp_path: Path) -> None:
+    """A COMMIT that fails writes nothing and frees the write lock: the next commit works."""
+    path = tmp_path / "sessions.db"
+    store = SqliteStore(path)
+    stored = _session()
+    store.create(stored, '{"turn": 0}')
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, factory=_FullOnCommit)
+    db.fail = 1
+    store._local.db = db  # this thread's connection (the store closes it)
+    store._connections.append(db)
+    assert store.acquire(stored.id, "a", 10)
+    with pytest.raises(StoreError, match="disk is full"):
+        store.commit(_commit(stored, "a"))
+    assert not db.in_transaction
+    loaded = store.load(stored.id)
+    assert loaded is not None
+    assert (loaded.version, loaded.turns) == (1, 1)
+    assert store.transcript(stored.id) == ['{"turn": 0}']
+    other = SqliteStore(path, timeout=0.5)  # another process's writer is not locked out
+    other.release(stored.id, "nobody")
+    other.close()
+    assert store.acquire(stored.id, "a", 10)
+    assert store.commit(_commit(stored, "a")) == 2
+    assert store.transcript(stored.id) == ['{"turn": 0}', '{"turn": 1}']
+    store.close()
