@@ -34,9 +34,7 @@ FIRST = "hi, I would like my money back for an order"
 def wall(code: str) -> float:
     """Milliseconds to run ``python -c code`` in a fresh interpreter."""
     start = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-c", code], check=True, cwd=ROOT, stderr=subprocess.DEVNULL
-    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, stderr=subprocess.DEVNULL)
     return (time.perf_counter() - start) * 1000
 
 
