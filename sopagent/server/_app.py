@@ -37,6 +37,8 @@ from sopagent.session import Turn
 __all__ = ["create_app"]
 
 MAX_BODY = 64 * 1024
+# Above any sensible limits.max_input, so that the policy's too-long line is what users see.
+MAX_TEXT = 16_000
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 Scope = MutableMapping[str, Any]
@@ -70,7 +72,12 @@ class CreateSession(_Body):
 class SendMessage(_Body):
     """One user message."""
 
-    text: str = Field(min_length=1, max_length=2000, description="What the user said.")
+    text: str = Field(
+        min_length=1,
+        max_length=MAX_TEXT,
+        description="What the user said. Past the policy's `limits.max_input` (4,000 characters"
+        " by default) the turn answers with its too-long line and the session stays as it was.",
+    )
     intent: str | None = Field(
         default=None,
         description="A label to use instead of asking the model (buttons, replay).",

@@ -210,7 +210,7 @@ def test_bad_requests_get_clear_4xx_errors(start: Start) -> None:
         (client.post(path, content=b"{not json", headers={"content-type": "application/json"}),
          400, "invalid_json"),
         (client.post(path, json={"txt": "hi"}), 422, "invalid_request"),
-        (client.post(path, json={"text": "x" * 3000}), 422, "invalid_request"),
+        (client.post(path, json={"text": "x" * 20_000}), 422, "invalid_request"),
         (client.post(path, content=b"x" * 100_000), 413, "body_too_large"),
         (client.get("/v1/nowhere"), 404, "not_found"),
         (client.get("/v1/sessions/" + "0" * 32), 404, "session_not_found"),
@@ -223,6 +223,12 @@ def test_bad_requests_get_clear_4xx_errors(start: Start) -> None:
         assert error["message"]
         assert error["request_id"] == answer.headers["x-request-id"]
     assert client.get(f"/v1/sessions/{session_id}").json()["turns"] == 1
+    # Longer than the policy's limit but within the API's: the policy's answer, state kept.
+    before = client.get(f"/v1/sessions/{session_id}").json()["state"]
+    answer = client.post(path, json={"text": "refund " * 1000})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["turn"]["error"].startswith("InputTooLong")
+    assert client.get(f"/v1/sessions/{session_id}").json()["state"] == before
 
 
 def test_concurrent_messages_to_one_session_never_interleave(
