@@ -130,7 +130,22 @@ class BackendTimeout(BackendError):  # noqa: N818 (named by what happened)
 
 
 class BackendUnavailable(BackendError):  # noqa: N818 (named by what happened)
-    """The backend cannot be reached: connection error, HTTP 5xx or 429, or an open circuit."""
+    """The backend cannot be reached: connection error, HTTP 5xx or 429, or an open circuit.
+
+    ``retry_after`` is how many seconds the provider asked callers to wait (its
+    ``Retry-After`` header), when it said.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, provider=provider, retryable=retryable)
+        self.retry_after = retry_after
 
 
 class BackendAnswerError(BackendError):

@@ -277,8 +277,24 @@ class OpenAIBackend:
         if self.dialect == "openai" and ("json_object" in text or "'text'" in text):
             return BackendError(f"{_MISMATCH} (HTTP {status}: {text})", provider=self.name)
         if status in (408, 409, 429) or status >= 500:
-            return BackendUnavailable(f"HTTP {status}: {text}", provider=self.name, retryable=True)
+            return BackendUnavailable(
+                f"HTTP {status}: {text}",
+                provider=self.name,
+                retryable=True,
+                retry_after=_retry_after(exc.response.headers.get("retry-after")),
+            )
         return BackendError(f"HTTP {status}: {text}", provider=self.name)
+
+
+def _retry_after(header: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header given in seconds; None for a date or nonsense."""
+    if header is None:
+        return None
+    try:
+        seconds = float(header)
+    except ValueError:
+        return None
+    return seconds if 0.0 <= seconds < float("inf") else None
 
 
 def from_openai(

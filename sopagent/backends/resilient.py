@@ -5,7 +5,8 @@ turns and audit events still name the provider. Each call goes through three gua
 
 * **Retries.** A `BackendError` with ``retryable=True`` is tried again up to ``retries`` times,
   waiting ``backoff * 2**n`` seconds (at most ``max_backoff``, minus up to ``jitter`` of it at
-  random) before retry ``n``. Other errors are raised at once.
+  random) before retry ``n``; longer when a `BackendUnavailable` carries the provider's
+  ``Retry-After``, which is waited for up to ``max_backoff``. Other errors are raised at once.
 * **Timeout.** With ``timeout`` set, each attempt runs in a worker thread and a `BackendTimeout`
   (retryable) is raised when it takes longer. The underlying call is *not* cancelled: Python
   cannot stop a thread, so it runs on and its late result or error is discarded.
@@ -199,7 +200,12 @@ class ResilientBackend:
             except BackendError as exc:
                 if not exc.retryable or retry == self.retries:
                     raise
-            self._sleep(self._delay(retry))
+                wait = self._delay(retry)
+                asked = getattr(exc, "retry_after", None)
+                if asked is not None:
+                    # The provider's Retry-After, within the cap on any one wait.
+                    wait = max(wait, min(asked, self.max_backoff))
+            self._sleep(wait)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _delay(self, retry: int) -> float:

@@ -261,6 +261,21 @@ def test_rate_limit_is_retryable(make: Callable[..., OpenAIBackend]) -> None:
     assert isinstance(info.value.__cause__, openai.RateLimitError)
 
 
+@pytest.mark.parametrize(("header", "seconds"), [("3", 3.0), ("0.5", 0.5), ("soon", None)])
+def test_rate_limit_carries_the_providers_retry_after(
+    make: Callable[..., OpenAIBackend], header: str, seconds: float | None
+) -> None:
+    """A 429's Retry-After in seconds travels on the error for the retrying wrapper."""
+    server = Server(
+        lambda request: httpx.Response(
+            429, json={"error": {"message": "slow"}}, headers={"Retry-After": header}
+        )
+    )
+    with pytest.raises(BackendUnavailable) as info:
+        make(server).classify(REQUEST)
+    assert info.value.retry_after == seconds
+
+
 def test_client_errors_are_not_retryable(make: Callable[..., OpenAIBackend]) -> None:
     """HTTP 400 that is not about the response format is a plain non-retryable error."""
     server = Server(lambda request: httpx.Response(400, json={"error": {"message": "bad"}}))

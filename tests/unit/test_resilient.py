@@ -132,6 +132,18 @@ def test_retries_are_bounded_and_backoff_doubles_up_to_its_cap() -> None:
     assert sleeps == pytest.approx([0.2, 0.4, 0.8, 1.0, 1.0])
 
 
+def test_a_providers_retry_after_is_waited_for_up_to_the_cap() -> None:
+    """A 429's Retry-After lengthens the wait before the retry, never past ``max_backoff``."""
+    asked = [
+        BackendUnavailable("HTTP 429", provider="flaky", retryable=True, retry_after=seconds)
+        for seconds in (0.7, 30.0, 0.01)
+    ]
+    backend = Scripted(*asked)
+    wrapped, _, sleeps = fake(backend, retries=3, backoff=0.2, max_backoff=2.0, jitter=0.0)
+    assert wrapped.classify(REQUEST).intent == "stop"
+    assert sleeps == pytest.approx([0.7, 2.0, 0.8])
+
+
 def test_jitter_shortens_waits_reproducibly_with_a_seed() -> None:
     """With jitter each wait lies in [(1 - jitter) * base, base], the same for the same seed."""
     runs = []
