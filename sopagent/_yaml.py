@@ -50,6 +50,7 @@ _Loader.add_implicit_resolver(
 )
 
 
+_SourceMark = Any  # a PyYAML mark (Python's or libyaml's class), or None
 Mark = tuple[int, int]
 """A 1-based (line, column); Locations are made from them only when one is asked for."""
 
@@ -78,13 +79,13 @@ class Document:
         return Location(self.path, *mark) if mark is not None else self.locate(path)
 
 
-def _location(path: str, mark: yaml.Mark | None) -> Location:
+def _location(path: str, mark: _SourceMark) -> Location:
     if mark is None:
         return Location(path, 1, 1)
     return Location(path, mark.line + 1, mark.column + 1)
 
 
-def _mark(mark: yaml.Mark | None) -> Mark:
+def _mark(mark: _SourceMark) -> Mark:
     return (1, 1) if mark is None else (mark.line + 1, mark.column + 1)
 
 
@@ -95,7 +96,7 @@ _DROPPED: Path_ = ("<dropped>",)
 
 
 class _LimitError(Exception):
-    def __init__(self, mark: yaml.Mark | None) -> None:
+    def __init__(self, mark: _SourceMark) -> None:
         self.mark = mark
 
 
@@ -103,7 +104,7 @@ class _DepthError(_LimitError):
     pass
 
 
-class _RecursiveAlias(_LimitError):
+class _RecursiveAliasError(_LimitError):
     pass
 
 
@@ -117,7 +118,7 @@ class _Frame:
         container: dict[Any, Any] | list[Any],
         at: Path_,
         anchor: str | None,
-        start: yaml.Mark | None,
+        start: _SourceMark,
     ) -> None:
         self.container = container
         self.at = at
@@ -145,7 +146,7 @@ class _Builder:
         self.anchors: dict[str, tuple[Any, int, int]] = {}  # value, values in it, height
         self.open_anchors: set[str] = set()
 
-    def problem(self, code: str, message: str, mark: yaml.Mark | None, hint: str = "") -> None:
+    def problem(self, code: str, message: str, mark: _SourceMark, hint: str = "") -> None:
         if len(self.problems) < _MAX_PROBLEMS:
             self.problems.append(Problem(code, message, _location(self.path, mark), hint))
 
@@ -156,7 +157,7 @@ class _Builder:
         documents = 0
         result: Any = None
         while loader.check_event():
-            event = loader.get_event()
+            event = loader.get_event()  # type: ignore[no-untyped-call]
             if isinstance(event, yaml.DocumentStartEvent):
                 documents += 1
                 if documents > 1:
@@ -179,7 +180,7 @@ class _Builder:
                 continue
             if not isinstance(event, yaml.NodeEvent):
                 continue  # stream start and end, document end
-            at, depth = self._slot(stack, event)
+            at, depth = self._slot(stack)
             self.nodes += 1
             if self.nodes > _MAX_NODES:
                 raise _LimitError(event.start_mark)
@@ -215,8 +216,8 @@ class _Builder:
             self._place(stack, value, nodes, height, event.start_mark, is_key_scalar, event)
         return result
 
-    def _slot(self, stack: list[_Frame], event: yaml.NodeEvent) -> tuple[Path_ | None, int]:
-        """Where the value starting with ``event`` goes (None: nowhere kept), and its depth."""
+    def _slot(self, stack: list[_Frame]) -> tuple[Path_ | None, int]:
+        """Where the next value goes (None: nowhere kept), and its depth."""
         if not stack:
             return (), 0
         parent = stack[-1]
@@ -233,7 +234,7 @@ class _Builder:
         value: Any,
         nodes: int,
         height: int,
-        mark: yaml.Mark | None,
+        mark: _SourceMark,
         scalar: bool,
         event: yaml.NodeEvent | None = None,
     ) -> None:
@@ -258,7 +259,7 @@ class _Builder:
         value: Any,
         scalar: bool,
         event: yaml.NodeEvent | None,
-        mark: yaml.Mark | None,
+        mark: _SourceMark,
     ) -> None:
         if event is None or not scalar:
             self.problem("SOP002", "mapping keys must be plain scalars", mark)
@@ -285,9 +286,9 @@ class _Builder:
         parent.key = key
 
     def _alias(self, event: yaml.AliasEvent, depth: int) -> tuple[Any, int, int]:
-        name = event.anchor
+        name = event.anchor or ""
         if name in self.open_anchors:
-            raise _RecursiveAlias(event.start_mark)
+            raise _RecursiveAliasError(event.start_mark)
         found = self.anchors.get(name)
         if found is None:
             raise _failure(
@@ -313,7 +314,9 @@ class _Builder:
     def _tag(self, event: yaml.ScalarEvent) -> str:
         tag = event.tag
         if tag is None or tag == "!":
-            resolved: str = self.loader.resolve(yaml.ScalarNode, event.value, event.implicit)
+            resolved: str = self.loader.resolve(  # type: ignore[no-untyped-call]
+                yaml.ScalarNode, event.value, event.implicit
+            )
             return resolved
         return tag
 
@@ -425,7 +428,7 @@ def read_yaml(path: str | Path, *, text: str | None = None) -> Document:
     builder = _Builder(name, loader)
     try:
         data = builder.read()
-    except _RecursiveAlias as exc:
+    except _RecursiveAliasError as exc:
         message = "an alias inside its own anchor (a recursive alias)"
         raise _failure("SOP004", message, _location(name, exc.mark)) from None
     except _DepthError as exc:
