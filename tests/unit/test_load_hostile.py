@@ -60,7 +60,12 @@ def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
         """
     )
     done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT
+        [sys.executable, "-c", script],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["SOP001 cannot read file: not a regular file", "1"]
@@ -121,7 +126,12 @@ def test_a_decision_module_that_is_a_fifo_does_not_block_check(tmp_path: Path) -
     os.mkfifo(tmp_path / "refund_decisions.py")
     script = f"from sopagent._analysis import check_paths; check_paths([{str(policy)!r}])"
     done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT
+        [sys.executable, "-c", script],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr
 
@@ -191,7 +201,12 @@ def test_a_huge_document_stays_within_a_memory_limit() -> None:
     if sys.platform != "linux":
         pytest.skip("RLIMIT_AS is enforced on Linux")
     done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT
+        [sys.executable, "-c", script],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["SOP004", "loaded", "SOP004"]
