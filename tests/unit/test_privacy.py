@@ -91,7 +91,8 @@ def test_the_code_is_in_no_audit_line_and_no_export(
         assert slots["verification_code"] == "***04"
     else:
         assert slots["verification_code"] == "***"
-    assert events[4]["text"] is not None and CODE not in events[4]["text"]
+    assert events[4]["text"] is not None
+    assert CODE not in events[4]["text"]
     exported = json.dumps(list(labeled_turns(events)))
     assert "again, to be sure" in exported
     assert CODE not in exported
@@ -117,7 +118,8 @@ def test_server_views_and_handoff_events_never_hold_the_code(
     for body in (view, transcript, json.dumps(handoffs.events), json.dumps(audit.events)):
         assert CODE not in body
     stored = store.load(session_id)
-    assert stored is not None and CODE in stored.data  # the conversation still has it
+    assert stored is not None
+    assert CODE in stored.data
 
 
 def test_replay_refuses_turns_whose_personal_values_were_redacted(
@@ -155,9 +157,11 @@ def test_redactor_modes_and_per_slot_override(tmp_path: Path) -> None:
     assert redactor.values(values) == {"verification_code": "***204", "order_id": "10002"}
     hashed = Redactor(policy.model_copy(update={"privacy": policy.privacy.model_copy(
         update={"personal": "hash"})}), b"k")  # fmt: skip
-    assert hashed.shown("hash", CODE) == hashed.shown("hash", CODE) != Redactor(
-        policy, b"other"
-    ).shown("hash", CODE)
+    assert (
+        hashed.shown("hash", CODE)
+        == hashed.shown("hash", CODE)
+        != Redactor(policy, b"other").shown("hash", CODE)
+    )
     personal = redactor.personal(values)
     assert redactor.scrub(f"code {CODE}, ref rf-123456, order 10002", personal) == (
         "code ***204, ref [redacted], order 10002"
@@ -170,5 +174,6 @@ def test_shipped_policies_mark_personal_slots() -> None:
     retail = load_policy(root / "retail.yaml")
     for name in ("email", "full_name", "zip", "address", "payment"):
         assert retail.slots[name].personal, name
-    assert retail.facts["user_id"].personal and retail.facts["user_name"].personal
+    assert retail.facts["user_id"].personal
+    assert retail.facts["user_name"].personal
     assert load_policy(REFUND_POLICY).slots["verification_code"].personal
