@@ -13,7 +13,6 @@ said and the session is kept the same way.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import os
 import re
 import secrets
@@ -35,6 +34,7 @@ from sopagent._limits import (
     received,
 )
 from sopagent._locales import LocaleTable
+from sopagent._privacy import Redactor
 from sopagent._slots import Found, SlotType
 from sopagent.audit import AuditSink, NullSink, StructlogSink
 from sopagent.backends import (
@@ -215,6 +215,7 @@ class Agent:
         self._personal = {name for name, slot in compiled.policy.slots.items() if slot.personal} | {
             name for name, fact in compiled.policy.facts.items() if fact.personal
         }
+        self.redactor = Redactor(compiled.policy, self._audit_key)
 
     @property
     def policy_hash(self) -> str:
@@ -1082,36 +1083,38 @@ class Agent:
         work.chosen.append(answer.response)
         return answer.response
 
-    def _audited_text(self, turn: Turn) -> str | None:
-        """The user's text for the audit log, unless it may hold a personal slot value."""
+    def _audited_text(self, turn: Turn, personal: Mapping[str, str]) -> str | None:
+        """The user's text for the audit log, unless it may hold a personal slot value.
+
+        Text said where a personal slot is collected is left out; elsewhere the personal
+        values known in the turn and the session are replaced in it.
+        """
         if not self._audit_text or turn.user_text is None:
             return None
         if self._personal.intersection(self.compiled.states[turn.state_before].collect):
             return None
-        return turn.user_text
+        return self.redactor.scrub(turn.user_text, personal)
 
     def _audited_effect(self, effect: Effect) -> dict[str, Any]:
-        spec = self.compiled.policy.effects[effect.name].params
-        args = {
-            param: _mask(self._audit_key, value) if spec[param].personal else value
-            for param, value in effect.args.items()
-        }
-        return {"name": effect.name, "args": args}
+        return {"name": effect.name, "args": self.redactor.effect_args(effect.name, effect.args)}
 
     def _emit(self, session: Session, turn: Turn, allowed: frozenset[str]) -> None:
         if type(self.audit) is NullSink:
             return  # no event is built for a sink that drops it
-        slots = {
-            name: _mask(self._audit_key, value) if name in self._personal else value
-            for name, value in turn.slots.items()
-        }
+        redactor = self.redactor
+        slots = redactor.values(turn.slots)
+        personal = (
+            redactor.personal(turn.slots, session.slots, session.facts) if redactor.active else {}
+        )
+        text = self._audited_text(turn, personal)
         self.audit.emit(
             {
                 "policy": self.compiled.name,
                 "policy_hash": self.compiled.hash,
                 "session_id": session.id,
                 "turn": turn.index,
-                "text": _escaped(self._audited_text(turn)),
+                "text": _escaped(text),
+                "redacted": sorted(self._personal.intersection(turn.slots)),
                 "state_before": turn.state_before,
                 "state_after": turn.state_after,
                 "path": list(turn.path),
@@ -1175,11 +1178,6 @@ def _cost(usage: Usage, started: float) -> dict[str, Any]:
         "cached_tokens": usage.cached_tokens,
         "latency_ms": round((time.perf_counter() - started) * 1000, 3),
     }
-
-
-def _mask(key: bytes, value: Any) -> str:
-    digest = hmac.new(key, str(value).encode(), hashlib.sha256).hexdigest()
-    return "hmac:" + digest[:12]
 
 
 class _Cursor:

@@ -30,6 +30,7 @@ from sopagent._decision_code import (
 from sopagent._flow import analyze, references
 from sopagent._load import collection_paused, load_catalog, load_policy
 from sopagent._rules import RULES
+from sopagent._yaml import read_source
 from sopagent.errors import Location, PolicyLoadError, Problem
 from sopagent.policy import Catalog, Policy
 
@@ -155,8 +156,8 @@ class _Suppressions:
 
 def _suppressions(path: str) -> _Suppressions:
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
+        text = read_source(path).decode("utf-8")
+    except (PolicyLoadError, UnicodeDecodeError):
         return _Suppressions({}, frozenset())
     lines: dict[int, frozenset[str]] = {}
     whole: set[str] = set()

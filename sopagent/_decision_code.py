@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from sopagent._yaml import read_source
 from sopagent.decisions import DecisionFunction
+from sopagent.errors import PolicyError
 
 __all__ = [
     "ALLOWED_IMPORTS",
@@ -207,9 +209,9 @@ def _scan(
     package: str | None,
 ) -> ModuleScan | None:
     try:
-        source = path.read_text(encoding="utf-8")
+        source = read_source(path, "decision module").decode("utf-8")
         tree = ast.parse(source, filename=str(path))
-    except (OSError, UnicodeDecodeError, SyntaxError, ValueError):
+    except (PolicyError, UnicodeDecodeError, SyntaxError, ValueError, RecursionError):
         return None
     imports: list[Use] = []
     calls: list[Use] = []

@@ -178,6 +178,10 @@ def _conversations(
 
 
 def _masked(event: Mapping[str, Any]) -> list[str]:
+    """Personal slots of the turn whose values the log does not hold (hashed, masked, dropped)."""
+    redacted = event.get("redacted")
+    if isinstance(redacted, list):
+        return [str(name) for name in redacted]
     slots = event.get("slots") or {}
     return [k for k, v in slots.items() if isinstance(v, str) and v.startswith("hmac:")]
 
@@ -241,7 +245,8 @@ def _replay_one(
             if event.get("intent_source") == "error" and event.get("intent") is None:
                 continue  # the backend failed then: the session did not move
             masked = _masked(event)
-            if masked and event.get("text") is None:
+            # The text carries them only if it was logged whole: personal values are replaced.
+            if masked and (event.get("text") is None or "redacted" in event):
                 return Replayed(
                     session_id,
                     location,

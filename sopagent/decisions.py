@@ -208,9 +208,21 @@ def declared_effects(function: DecisionFunction) -> dict[str, tuple[str, ...]]:
 def import_decision_module(spec: str, base: Path) -> ModuleType:
     """Import a module a policy declared: a dotted name, or a .py file relative to ``base``.
 
+    A dotted name of the standard library (or a module built into the interpreter) is
+    refused before anything is imported: such modules hold no decision functions, and some
+    act when they are imported.
+
     Raises:
-        ImportError: the module cannot be found or raises while it is imported.
+        ImportError: the module is the standard library's, cannot be found, or raises while
+            it is imported.
     """
+    top = spec.partition(".")[0]
+    if not spec.endswith(".py") and (
+        top in sys.stdlib_module_names or top in sys.builtin_module_names
+    ):
+        raise ImportError(
+            f"{spec!r} is a standard library module: decision modules are the policy's own code"
+        )
     if spec.endswith(".py"):
         path = (base / spec).resolve()
         if not path.is_file():

@@ -58,6 +58,7 @@ __all__ = [
     "NeverBothProperty",
     "NeverProperty",
     "Policy",
+    "Privacy",
     "Property",
     "ReachableProperty",
     "Response",
@@ -121,7 +122,15 @@ class _SlotBase(_Model):
     invalid: Identifier | None = Field(
         default=None, description="Response said when a value was found but failed validation."
     )
-    personal: bool = Field(default=False, description="Personal data: masked in audit logs.")
+    personal: bool = Field(
+        default=False,
+        description="Personal data: shown as the policy's `privacy` says in audit logs, exports"
+        " and the server's views.",
+    )
+    privacy: Literal["hash", "mask", "drop"] | None = Field(
+        default=None,
+        description="For a personal value: how it appears, instead of the policy's `privacy`.",
+    )
     examples: list[str | int | float | bool | list[str] | dict[str, int]] = Field(
         default_factory=list,
         max_length=100,
@@ -685,6 +694,23 @@ class Limits(_Model):
     )
 
 
+class Privacy(_Model):
+    """How personal values (slots and facts marked ``personal``) appear outside the process.
+
+    Audit events, exports, the server's session and transcript views and handoff events all
+    follow it: ``hash`` gives a keyed HMAC (the same value, the same digest, so events can be
+    joined), ``mask`` gives ``***`` and at most ``keep_last`` of the last characters, ``drop``
+    leaves the value out. Text the user wrote has the personal values found in it replaced.
+    """
+
+    personal: Literal["hash", "mask", "drop"] = Field(
+        default="hash", description="How a personal value appears."
+    )
+    keep_last: int = Field(
+        default=0, ge=0, le=8, description="With mask: how many last characters are kept."
+    )
+
+
 class Policy(_Sourced):
     """A standard operating procedure: intents, slots, facts, states and their routes."""
 
@@ -743,6 +769,10 @@ class Policy(_Sourced):
     properties: dict[Identifier, Property] = Field(
         default_factory=dict,
         description="What must hold whatever the model says, proved by `sopagent verify`.",
+    )
+    privacy: Privacy = Field(
+        default_factory=Privacy,
+        description="How personal values appear in audit logs, exports and the server's views.",
     )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

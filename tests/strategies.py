@@ -7,6 +7,7 @@ Also a decision module for generated policies: a policy built in memory names th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hypothesis import strategies as st
@@ -251,3 +252,81 @@ def hostile_texts(max_size: int = 300) -> st.SearchStrategy[str]:
         st.one_of(st.sampled_from(HOSTILE_PIECES), st.text(max_size=8)), max_size=12
     ).map("".join)
     return st.one_of(anything, pieces, st.builds(lambda a, b: a + b, pieces, anything))
+
+
+# --- hostile policy files (loader fuzzing) ----------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((ROOT / "policies").glob("*.yaml")) + sorted((ROOT / "catalogs").glob("*.yaml"))
+
+# Tokens that have broken YAML loaders: anchors and aliases, tags that construct objects,
+# merge keys, YAML 1.1 booleans, octals and sexagesimals, flow brackets, BOMs and NULs.
+HOSTILE_TOKENS = [
+    "&a ", "*a", "*undefined", "!!python/object/apply:os.system ['true'] ", "!!binary ",
+    "!!set ", "!custom ", "<<: ", "? ", "- ", ": ", "{", "}", "[", "]", "yes", "no", "on", "off",
+    "010", "0o17", "0x1F", "1:30", "190:20:30.15", ".inf", ".nan", "~", "null", "\ufeff",
+    "\x00", "\t", "\r", "\u202e", "'", '"', "|", ">", "#", "%YAML 1.1\n", "---\n", "...\n",
+    "\\", "\udcff", "1e999", "9" * 5000,
+]  # fmt: skip
+
+
+def shipped_text(path: Path) -> str:
+    """A shipped policy or catalog, its relative paths made absolute so copies still resolve."""
+    return path.read_text(encoding="utf-8").replace("../", f"{ROOT}/")
+
+
+@st.composite
+def mutated_documents(draw: st.DrawFn) -> bytes:
+    """A shipped policy or catalog after a few byte flips, line edits, truncations or tokens."""
+    source = draw(st.sampled_from(SHIPPED))
+    data = bytearray(shipped_text(source).encode("utf-8"))
+    for _ in range(draw(st.integers(1, 4))):
+        lines = bytes(data).split(b"\n")
+        op = draw(st.sampled_from(["flip", "delete", "duplicate", "swap", "truncate", "token"]))
+        if op == "flip" and data:
+            at = draw(st.integers(0, len(data) - 1))
+            data[at] ^= 1 << draw(st.integers(0, 7))
+            continue
+        if op == "truncate":
+            data = data[: draw(st.integers(0, len(data)))]
+            continue
+        if op == "token":
+            at = draw(st.integers(0, len(data)))
+            token = draw(st.sampled_from(HOSTILE_TOKENS)).encode("utf-8", "surrogatepass")
+            data[at:at] = token
+            continue
+        i = draw(st.integers(0, len(lines) - 1))
+        j = draw(st.integers(0, len(lines) - 1))
+        if op == "delete":
+            del lines[i]
+        elif op == "duplicate":
+            lines.insert(j, lines[i])
+        elif op == "swap":
+            lines[i], lines[j] = lines[j], lines[i]
+        data = bytearray(b"\n".join(lines))
+    return bytes(data)
+
+
+_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=40),
+    st.sampled_from(["yes", "no", "on", "off", "010", "1:30", "0x1F", "~", "true"]),
+)
+
+
+def yaml_values() -> st.SearchStrategy[Any]:
+    """Arbitrary plain data, nested, with policy-like keys mixed into its mappings."""
+    keys = st.one_of(
+        st.sampled_from(["sopagent", "name", "catalog", "initial", "intents", "states",
+                         "global", "slots", "responses", "locale", "say", "on", "yes", "010"]),
+        st.text(max_size=12),
+        st.integers(),
+    )  # fmt: skip
+    return st.recursive(
+        _SCALARS,
+        lambda inner: st.lists(inner, max_size=5) | st.dictionaries(keys, inner, max_size=5),
+        max_leaves=40,
+    )

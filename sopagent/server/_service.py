@@ -23,6 +23,7 @@ from types import MappingProxyType
 from typing import Any
 
 from sopagent._agent import Agent
+from sopagent._privacy import Redactor
 from sopagent.audit import AuditSink
 from sopagent.errors import SessionError
 from sopagent.policy import OUT_OF_SCOPE
@@ -330,6 +331,7 @@ class Service:
         """Return the session's public view (JSON)."""
         stored = self._owned(key, session_id)
         session = _restore(stored)
+        redactor = self._redactor(stored)
         return json.dumps(
             {
                 "id": stored.id,
@@ -339,8 +341,8 @@ class Service:
                 "state": session.state,
                 "ended": session.ended,
                 "turns": stored.turns,
-                "slots": session.slots,
-                "facts": session.facts,
+                "slots": redactor.values(session.slots) if redactor else session.slots,
+                "facts": redactor.values(session.facts) if redactor else session.facts,
                 "usage": session.usage.model_dump(),
                 "created": stored.created,
                 "updated": stored.updated,
@@ -351,7 +353,7 @@ class Service:
     def transcript(self, key: ApiKey, session_id: str, start: int = 0) -> str:
         """Return the session's transcript: every turn record in order (JSON)."""
         stored = self._owned(key, session_id)
-        records = self.store.transcript(session_id, start)
+        records = self._redacted(stored, self.store.transcript(session_id, start))
         return (
             f'{{"session_id":"{stored.id}","status":"{stored.status}",'
             f'"start":{start},"records":[{",".join(records)}]}}'
@@ -513,7 +515,7 @@ class Service:
         )
 
     def _handed_off(self, stored: StoredSession, turn: Turn) -> None:
-        records = [json.loads(r) for r in self.store.transcript(stored.id)]
+        records = [json.loads(r) for r in self._redacted(stored, self.store.transcript(stored.id))]
         event = {
             "event": "handoff",
             "session_id": stored.id,
@@ -526,6 +528,27 @@ class Service:
         }
         self._event("handoff", session_id=stored.id, state=turn.state_after)
         self.handoff.send(event)
+
+    def _redactor(self, stored: StoredSession) -> Redactor | None:
+        """The redactor of the session's policy version, None when it has no personal value."""
+        served = self.served.get(stored.policy_hash) or self.defaults.get(stored.policy)
+        if served is None or not served.agent.redactor.active:
+            return None
+        return served.agent.redactor
+
+    def _redacted(self, stored: StoredSession, records: Sequence[str]) -> list[str]:
+        """Transcript records with personal values shown as the policy's privacy says.
+
+        The store keeps what was answered; the views of it (transcripts, handoff events) are
+        redacted when they are read. The reply to a message is not: it goes back to the
+        caller that sent the values.
+        """
+        redactor = self._redactor(stored)
+        if redactor is None:
+            return list(records)
+        session = _restore(stored)
+        personal = redactor.personal(session.slots, session.facts)
+        return [json.dumps(redactor.record(json.loads(r), personal)) for r in records]
 
     def _event(self, name: str, **fields: Any) -> None:
         self.audit.emit({"event": name, **_REQUEST.get(), **fields})

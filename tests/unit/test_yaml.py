@@ -181,11 +181,11 @@ def test_mapping_value_error_location() -> None:
 
 
 def test_multiple_documents_are_rejected() -> None:
-    """A second YAML document is SOP001 located in the second document."""
+    """A second YAML document is SOP001 at the `---` that starts it."""
     error = load_error("a: 1\n---\nb: 2\n")
     assert error.code == "SOP001"
     assert "one YAML document" in error.problems[0].message
-    assert error.problems[0].location.line == 3
+    assert error.problems[0].location.line == 2
 
 
 @pytest.mark.parametrize("text", ["", "# only a comment\n", "---\n"])
