@@ -404,11 +404,13 @@ def _policy_files(paths: Sequence[str | Path]) -> list[Path]:
         if not path.is_dir():
             files.append(path)
             continue
-        files.extend(
+        found = [
             item
             for item in sorted(path.iterdir())
             if item.suffix in {".yaml", ".yml"}
             and not item.stem.endswith(".test")
             and item.is_file()
-        )
+        ]
+        # A directory with no policy in it is reported as the path it is (SOP001).
+        files.extend(found or [path])
     return files

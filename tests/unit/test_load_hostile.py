@@ -320,6 +320,8 @@ def test_check_reports_every_hostile_file_without_raising(tmp_path: Path) -> Non
     """`check_paths` over directories, devices and broken files gives findings, no exception."""
     broken = tmp_path / "broken.yaml"
     broken.write_bytes(b"\xff\xfe\x00")
-    report = check_paths([str(tmp_path), "/dev/zero", str(broken), str(tmp_path / "none")])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    report = check_paths([str(empty), "/dev/zero", str(broken), str(tmp_path / "none")])
     assert len(report.findings) == 4
     assert {f.code for f in report.findings} == {"SOP001"}
