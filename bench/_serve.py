@@ -51,6 +51,18 @@ def free_port() -> int:
         return port
 
 
+def write_keys(directory: Path, key: str) -> Path:
+    """Write a keys file in ``directory`` giving ``key`` every policy; return its path."""
+    from sopagent.server import hash_key  # noqa: PLC0415
+
+    directory.mkdir(parents=True, exist_ok=True)
+    keys = directory / "keys.yaml"
+    keys.write_text(
+        f"keys:\n  - {{id: bench, tenant: bench, policies: ['*'], hash: '{hash_key(key)}'}}\n"
+    )
+    return keys
+
+
 def wait_http(port: int, process: subprocess.Popen[bytes], path: str = "/healthz") -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -138,13 +150,7 @@ class Server:
         port: int | None = None,
         extra: Sequence[str] = (),
     ) -> Server:
-        from sopagent.server import hash_key  # noqa: PLC0415
-
-        directory.mkdir(parents=True, exist_ok=True)
-        keys = directory / "keys.yaml"
-        keys.write_text(
-            f"keys:\n  - {{id: bench, tenant: bench, policies: ['*'], hash: '{hash_key(KEY)}'}}\n"
-        )
+        keys = write_keys(directory, KEY)
         script = directory / "script.json"
         script.write_text(json.dumps(SCRIPT))
         port = port or free_port()

@@ -50,6 +50,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
+from _serve import free_port, write_keys  # noqa: E402
+
 from tests.fault_server import FaultServer  # noqa: E402 (after the path is set)
 
 REFUND = ROOT / "policies" / "refund.yaml"
@@ -61,15 +63,6 @@ MODEL_FAULTS = ("timeout", "reset", "429", "500", "invalid", "off_enum", "missin
 RESILIENT = (
     "resilient(openai, retries=1, backoff=0.01, timeout=1, breaker_failures=3, breaker_reset=0.5)"
 )
-
-
-def free_port() -> int:
-    import socket  # noqa: PLC0415
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -92,13 +85,7 @@ class Service:
     """A ``sopagent serve`` process on the refund policy, and a way to talk to it."""
 
     def __init__(self, directory: Path, store: str, *args: str, env: dict[str, str] | None = None):
-        from sopagent.server import hash_key  # noqa: PLC0415
-
-        directory.mkdir(parents=True, exist_ok=True)
-        keys = directory / "keys.yaml"
-        keys.write_text(
-            f"keys:\n  - {{id: bench, tenant: bench, policies: ['*'], hash: '{hash_key(KEY)}'}}\n"
-        )
+        keys = write_keys(directory, KEY)
         script = directory / "script.json"
         script.write_text(json.dumps(SCRIPT))
         self.port = free_port()

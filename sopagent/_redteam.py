@@ -466,16 +466,16 @@ class _Lines:
             if not self.pattern(line.id).fullmatch(line.text):
                 problems.append(f"line {line.id!r} is not its template: {line.text[:80]!r}")
                 continue
+            template = self.templates[line.id]
+            needed = set(re.findall(r"\{([a-z][a-z0-9_]*)\}", template))
             values: dict[str, str] = {}
-            for name in re.findall(r"\{([a-z][a-z0-9_]*)\}", self.templates[line.id]):
+            for name in needed:
                 if name in session.slots:
                     kind = compiled.slot_types[name]
                     values[name] = kind.render(kind.from_json(session.slots[name]))
                 elif name in session.facts:
                     kind = compiled.fact_types[name]
                     values[name] = kind.render(kind.from_json(session.facts[name]))
-            template = self.templates[line.id]
-            needed = set(re.findall(r"\{([a-z][a-z0-9_]*)\}", template))
             if needed <= set(values) and _fill(template, values) != line.text:
                 problems.append(f"line {line.id!r} does not render the session's values")
         return problems
