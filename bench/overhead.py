@@ -53,6 +53,8 @@ CONVERSATION: tuple[tuple[str, str, str | None, str], ...] = (
     ("to terminal", "no that's everything", "deny", "closed"),
 )
 STEADY_TEXT = "how do refunds work here?"
+# From confirm_refund: a decision function runs (it may read the session's history).
+DECIDE_TEXT = "yes do it"
 
 
 # -- the agent side ----------------------------------------------------------------------------
@@ -237,6 +239,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     long_session = Session.from_json(mid_json)
     for _ in range(300):
         agent_null.respond(long_session, STEADY_TEXT)
+    long_json = long_session.to_json()
     backend_null.requests.clear()
 
     samples: dict[str, list[float]] = defaultdict(list)
@@ -278,6 +281,15 @@ def run(quick: bool = False) -> dict[str, Any]:
             samples["steady long"].append(
                 timed_ns(lambda: agent_null.respond(long_session, STEADY_TEXT))
             )
+        # A turn that runs a decision function, on both sessions (each from its snapshot).
+        for _ in range(max(steady_turns // rounds // 4, 20)):
+            for key, snapshot in (("decide short", mid_json), ("decide long", long_json)):
+                session = Session.from_json(snapshot)
+                gc.collect(0)  # its objects are young: not this turn's collection to pay for
+                samples[key].append(
+                    timed_ns(functools.partial(agent_null.respond, session, DECIDE_TEXT))
+                )
+                reset_world(agent_null, backend_null, null)
         backend_null.requests.clear()
         # Session JSON round trip of the mid-conversation session.
         for _ in range(roundtrips // rounds):
@@ -393,6 +405,22 @@ def run(quick: bool = False) -> dict[str, Any]:
             baseline=us["steady short"],
             baseline_name=f"{len(mid.history)}-turn history",
             n=len(samples["steady long"]),
+        ),
+        row(
+            f"decision turn, {len(mid.history)}-turn history (NullSink)",
+            us["decide short"],
+            "µs",
+            baseline=raw_one,
+            baseline_name="1 raw trigger",
+            n=len(samples["decide short"]),
+        ),
+        row(
+            "decision turn, 200-turn history (NullSink)",
+            us["decide long"],
+            "µs",
+            baseline=us["decide short"],
+            baseline_name=f"{len(mid.history)}-turn history",
+            n=len(samples["decide long"]),
         ),
         row(
             "session JSON round trip, mid-conversation",

@@ -19,11 +19,13 @@ import secrets
 import time
 import uuid
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any, Literal
 
 from pydantic import BaseModel
+from transitions import Machine
 
 from sopagent._compile import CompiledPolicy, CompiledRoute, CompiledState
 from sopagent._effects import CompiledEffect, resolve, validate_returned
@@ -44,7 +46,14 @@ from sopagent.backends import (
     Label,
     Usage,
 )
-from sopagent.decisions import Context, HistoryItem, Outcome, declared_effects, declared_reads
+from sopagent.decisions import (
+    Context,
+    HistoryItem,
+    Outcome,
+    _Past,
+    declared_effects,
+    declared_reads,
+)
 from sopagent.errors import BackendError, DecisionError, RuntimeFault, SessionError
 from sopagent.policy import OUT_OF_SCOPE, Route
 from sopagent.session import (
@@ -70,6 +79,10 @@ _FILLER = frozenset({
     "okay", "yes",
 })  # fmt: skip
 _PUNCTUATION = re.compile(r"[^\w\s]")
+_NO_OUTCOMES: Mapping[str, str] = MappingProxyType({})
+# JSON values that are hashable as they are, so their rendering can be remembered.
+_SCALARS = (str, int, float)
+_SHOWN_MAX = 4096
 Source = Literal["model", "example", "slots", "forced", "none", "error"]
 
 
@@ -139,24 +152,28 @@ class _Work:
     replayed: deque[str] | None = None
     replay_error: str | None = None
     forced: Mapping[str, str] = field(default_factory=dict)
-    _history: tuple[HistoryItem, ...] | None = None
+    _history: Sequence[HistoryItem] | None = None
 
     @property
-    def history(self) -> tuple[HistoryItem, ...]:
-        """Earlier turns as decision functions see them, built only when one runs."""
+    def history(self) -> Sequence[HistoryItem]:
+        """Earlier turns as decision functions see them: one snapshot per turn, read lazily."""
         if self._history is None:
-            self._history = tuple(HistoryItem(h.intent, h.state, h.responses) for h in self.past)
+            self._history = _Past(self.past)
         return self._history
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class _Classified:
     intent: str | None
     score: float
     source: Source
     usage: Usage
-    slots: dict[str, str]
+    slots: Mapping[str, str]
     answered_by: str | None = None
+
+
+# What a turn understood before anything was classified (shared: it is immutable).
+_UNHEARD = _Classified(None, 0.0, "none", _NO_USAGE, {})
 
 
 def pick(seed: int, index: int, salt: str | int, options: tuple[str, ...]) -> str:
@@ -198,6 +215,7 @@ class Agent:
         self.backend = backend
         self.audit: AuditSink = audit if audit is not None else StructlogSink()
         self._machine = compiled.machine
+        self._moves = _moves(compiled.machine)
         # Patterned slots first, so free numbers do not swallow an id.
         self._collect_order = {
             name: tuple(
@@ -216,6 +234,24 @@ class Agent:
             name for name, fact in compiled.policy.facts.items() if fact.personal
         }
         self.redactor = Redactor(compiled.policy, self._audit_key)
+        # Enum slots a state collects, which the model fills: name -> their values as labels.
+        self._enums = {
+            name: tuple(
+                (slot, _enum_labels(compiled.slot_types[slot]))
+                for slot in state.collect
+                if compiled.slot_types[slot].needs_model
+            )
+            for name, state in compiled.states.items()
+        }
+        # Slot and fact values as responses show them, by (type, JSON value): rendering a
+        # value is a pure function of the two, and the same few values recur turn after turn.
+        self._shown: dict[tuple[SlotType, type, Any], str] = {}
+        # Worked out once, for the audit event of every turn.
+        self._policy_name = compiled.name
+        self._allowed = {name: tuple(sorted(s.allowed)) for name, s in compiled.states.items()}
+        self._collects_personal = frozenset(
+            name for name, s in compiled.states.items() if self._personal.intersection(s.collect)
+        )
 
     @property
     def policy_hash(self) -> str:
@@ -360,13 +396,15 @@ class Agent:
             raise ValueError(f"unknown intent {intent!r}")
 
     def _forced_outcomes(self, decisions: Mapping[str, str] | None) -> Mapping[str, str]:
-        for function, outcome in (decisions or {}).items():
+        if not decisions:
+            return _NO_OUTCOMES
+        for function, outcome in decisions.items():
             declared = self.compiled.functions.get(function)
             if declared is None:
                 raise ValueError(f"unknown decision function {function!r}")
             if outcome not in declared.__sopagent_outcomes__:
                 raise ValueError(f"{function!r} does not declare outcome {outcome!r}")
-        return dict(decisions or {})
+        return dict(decisions)
 
     def classify(self, session: Session, text: str) -> Turn:
         """Return what the agent understands of ``text`` in the session's state, and nothing more.
@@ -390,7 +428,7 @@ class Agent:
             text = text[: self._max_input]
             found: dict[str, Found] = {}
             slots: dict[str, Any] = {}
-            classified = _Classified(None, 0.0, "none", _NO_USAGE, {})
+            classified = _UNHEARD
         else:
             found, taken = self._extract(state, heard)
             slots = {n: f.value for n, f in found.items() if f.error is None}
@@ -468,14 +506,14 @@ class Agent:
             locale=session.locale,
             seed=session.seed,
             index=session.turns + (text is not None),
-            forced=outcomes or {},
+            forced=outcomes or _NO_OUTCOMES,
         )
         if heard is not None:
             work.replayed = deque(heard.choices)
             work.replay_error = heard.error
         state_before = session.state
         understood: Heard | None = None
-        classified = _Classified(None, 0.0, "none", _NO_USAGE, {})
+        classified = _UNHEARD
         found_slots: dict[str, Any] = {}
         invalid: dict[str, str] = {}
         accepted = False
@@ -527,14 +565,15 @@ class Agent:
                     invalid = dict(heard.invalid)
                 # Values count when the state collects them or the route taken needs them;
                 # a number said in passing elsewhere is not remembered.
-                route = state.routes.get(classified.intent or "")
-                wanted = set(state.explicit) | set(route.require if route else ())
-                if classified.intent is None:
-                    wanted |= set(found_slots)
-                found_slots = {n: v for n, v in found_slots.items() if n in wanted}
-                invalid = {n: e for n, e in invalid.items() if n in wanted}
-                for name, value in found_slots.items():
-                    work.slots[name] = compiled.slot_types[name].to_json(value)
+                if found_slots or invalid:
+                    route = state.routes.get(classified.intent or "")
+                    wanted = set(state.explicit) | set(route.require if route else ())
+                    if classified.intent is None:
+                        wanted |= set(found_slots)
+                    found_slots = {n: v for n, v in found_slots.items() if n in wanted}
+                    invalid = {n: e for n, e in invalid.items() if n in wanted}
+                    for name, value in found_slots.items():
+                        work.slots[name] = compiled.slot_types[name].to_json(value)
                 if heard is not None:
                     unsure = heard.unsure
                 else:
@@ -587,7 +626,7 @@ class Agent:
             responses = self._render(work, "")
             found_slots, invalid, accepted = {}, {}, False
             if classified.source != "none":
-                classified.source = "error"
+                classified = replace(classified, source="error")
 
         # Commit.
         commit: dict[str, Any] = {}
@@ -620,7 +659,7 @@ class Agent:
                 user=text,
                 intent=classified.intent,
                 state=session.state,
-                responses=tuple(u.id for u in responses),
+                responses=tuple([u.id for u in responses]),
             )
         )
         remember = compiled.policy.remember
@@ -631,6 +670,7 @@ class Agent:
                 understood = replace(understood, choices=tuple(work.chosen))
             tape.append(understood)
         slot_types = compiled.slot_types
+        # Fields in their declared order, all given: `trusted` then keeps the keyword dict.
         turn = trusted(
             Turn,
             session_id=session.id,
@@ -648,12 +688,17 @@ class Agent:
             invalid_slots=invalid,
             decisions=tuple(work.decisions),
             responses=responses,
-            effects=() if failed else tuple(work.effects),
+            effects=() if failed or not work.effects else tuple(work.effects),
+            pending=False,
+            model_calls=usage.calls,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cached_tokens=usage.cached_tokens,
+            latency_ms=round((time.perf_counter() - started) * 1000, 3),
             error=error,
             ended=session.ended,
-            **_cost(usage, started),
         )
-        self._emit(session, turn, compiled.states[state_before].allowed)
+        self._emit(session, turn, self._allowed[state_before])
         return turn
 
     def _too_long(self, text: str) -> str:
@@ -721,14 +766,8 @@ class Agent:
         example = examples.get(normalized)
         if example is not None:
             return _Classified(example, 1.0, "example", _NO_USAGE, {})
-        enum_needed = {
-            name: tuple(
-                Label(value, value.replace("_", " "))
-                for value in getattr(self.compiled.slot_types[name].spec, "values", ())
-            )
-            for name in state.collect
-            if self.compiled.slot_types[name].needs_model and name not in found
-        }
+        enums = self._enums[state.name]
+        enum_needed = {name: labels for name, labels in enums if name not in found} if enums else {}
         if found and not enum_needed:
             rest = list(text)
             for start, end in taken:
@@ -840,6 +879,10 @@ class Agent:
             self._enter(work, route.to, intent)
 
     def _fire(self, trigger: str, source: str, dest: str) -> None:
+        if self._moves is not None:
+            if self._moves.get((trigger, source)) != dest:
+                raise _RouteFault(f"no declared transition {trigger!r} from {source!r} to {dest!r}")
+            return
         event = self._machine.events.get(trigger)
         if event is None or source not in event.transitions:
             raise _RouteFault(f"no declared transition {trigger!r} from {source!r}")
@@ -939,11 +982,14 @@ class Agent:
         if reads is not None:
             slots = {k: v for k, v in slots.items() if k in reads}
             facts = {k: v for k, v in facts.items() if k in reads}
-        context = Context.build(
+        # Read-only views of fresh typed copies (what `Context.build` makes, without copying
+        # the copies again).
+        slot_types, fact_types = compiled.slot_types, compiled.fact_types
+        context = Context(
             state=state.name,
             intent=intent,
-            slots={k: compiled.slot_types[k].from_json(v) for k, v in slots.items()},
-            facts={k: compiled.fact_types[k].from_json(v) for k, v in facts.items()},
+            slots=MappingProxyType({k: slot_types[k].from_json(v) for k, v in slots.items()}),
+            facts=MappingProxyType({k: fact_types[k].from_json(v) for k, v in facts.items()}),
             history=work.history,
             session_id=work.session_id,
             turn=work.turn,
@@ -1021,7 +1067,9 @@ class Agent:
                     )
                 )
         work.decisions.append(
-            trusted(DecisionRecord, state=state.name, function=name, outcome=result.name)
+            trusted(
+                DecisionRecord, state=state.name, function=name, outcome=result.name, forced=False
+            )
         )
         return result.name
 
@@ -1041,21 +1089,37 @@ class Agent:
             locale = source
             if table is not None and response in table.templates:
                 template, locale = table.templates[response], table.code
-            values: dict[str, str] = {}
-            for name in template.placeholders:
-                if name in work.slots:
-                    kind = compiled.slot_types[name]
-                    values[name] = kind.render(kind.from_json(work.slots[name]))
-                elif name in work.facts:
-                    kind = compiled.fact_types[name]
-                    values[name] = kind.render(kind.from_json(work.facts[name]))
-                else:
-                    raise _RouteFault(f"response {response!r} needs {{{name}}}, which has no value")
-            text_out = template.text.format_map(values)
+            if template.placeholders:
+                values: dict[str, str] = {}
+                for name in template.placeholders:
+                    values[name] = self._shown_value(work, name, response)
+                text_out = template.text.format_map(values)
+            elif "{" in template.text or "}" in template.text:
+                text_out = template.text.format_map({})  # escaped braces
+            else:
+                text_out = template.text
             out.append(
                 trusted(Utterance, id=response, text=text_out, hash=template.hash, locale=locale)
             )
         return tuple(out)
+
+    def _shown_value(self, work: _Work, name: str, response: str) -> str:
+        """The text a placeholder ``{name}`` of ``response`` is filled with."""
+        if name in work.slots:
+            kind, value = self.compiled.slot_types[name], work.slots[name]
+        elif name in work.facts:
+            kind, value = self.compiled.fact_types[name], work.facts[name]
+        else:
+            raise _RouteFault(f"response {response!r} needs {{{name}}}, which has no value")
+        if not isinstance(value, _SCALARS):
+            return kind.render(kind.from_json(value))
+        key = (kind, type(value), value)
+        shown = self._shown.get(key)
+        if shown is None:
+            if len(self._shown) >= _SHOWN_MAX:
+                self._shown.clear()
+            shown = self._shown[key] = kind.render(kind.from_json(value))
+        return shown
 
     def _choose(self, work: _Work, options: tuple[str, ...], text: str) -> str:
         if work.replayed is not None:
@@ -1083,7 +1147,7 @@ class Agent:
         work.chosen.append(answer.response)
         return answer.response
 
-    def _audited_text(self, turn: Turn, personal: Mapping[str, str]) -> str | None:
+    def _audited_text(self, session: Session, turn: Turn) -> str | None:
         """The user's text for the audit log, unless it may hold a personal slot value.
 
         Text said where a personal slot is collected is left out; elsewhere the personal
@@ -1091,44 +1155,47 @@ class Agent:
         """
         if not self._audit_text or turn.user_text is None:
             return None
-        if self._personal.intersection(self.compiled.states[turn.state_before].collect):
+        if turn.state_before in self._collects_personal:
             return None
-        return self.redactor.scrub(turn.user_text, personal)
+        redactor = self.redactor
+        if not redactor.active:
+            return turn.user_text
+        personal = redactor.personal(turn.slots, session.slots, session.facts)
+        return redactor.scrub(turn.user_text, personal)
 
     def _audited_effect(self, effect: Effect) -> dict[str, Any]:
         return {"name": effect.name, "args": self.redactor.effect_args(effect.name, effect.args)}
 
-    def _emit(self, session: Session, turn: Turn, allowed: frozenset[str]) -> None:
+    def _emit(self, session: Session, turn: Turn, allowed: tuple[str, ...]) -> None:
         if type(self.audit) is NullSink:
             return  # no event is built for a sink that drops it
-        redactor = self.redactor
-        slots = redactor.values(turn.slots)
-        personal = (
-            redactor.personal(turn.slots, session.slots, session.facts) if redactor.active else {}
-        )
-        text = self._audited_text(turn, personal)
+        found = turn.slots
+        responses = turn.responses
+        text = self._audited_text(session, turn)
         self.audit.emit(
             {
-                "policy": self.compiled.name,
+                "policy": self._policy_name,
                 "policy_hash": self.compiled.hash,
                 "session_id": session.id,
                 "turn": turn.index,
-                "text": _escaped(text),
-                "redacted": sorted(self._personal.intersection(turn.slots)),
+                "text": None if text is None else escape_hidden(text),
+                "redacted": sorted(self._personal.intersection(found)) if found else [],
                 "state_before": turn.state_before,
                 "state_after": turn.state_after,
                 "path": list(turn.path),
                 "intent": turn.intent,
                 "score": turn.score,
                 "intent_source": turn.intent_source,
-                "allowed": sorted(allowed),
-                "slots": slots,
-                "invalid_slots": sorted(turn.invalid_slots),
-                "decisions": [f"{d.function}={d.outcome}" for d in turn.decisions],
-                "responses": [u.id for u in turn.responses],
-                "response_hashes": [u.hash for u in turn.responses],
+                "allowed": list(allowed),
+                "slots": self.redactor.values(found) if found else {},
+                "invalid_slots": sorted(turn.invalid_slots) if turn.invalid_slots else [],
+                "decisions": [f"{d.function}={d.outcome}" for d in turn.decisions]
+                if turn.decisions
+                else [],
+                "responses": [u.id for u in responses],
+                "response_hashes": [u.hash for u in responses],
                 "locale": session.locale,
-                "effects": [self._audited_effect(e) for e in turn.effects],
+                "effects": [self._audited_effect(e) for e in turn.effects] if turn.effects else [],
                 "backend": self.backend.name,
                 "answered_by": turn.answered_by,
                 "model_calls": turn.model_calls,
@@ -1139,6 +1206,11 @@ class Agent:
                 "ended": turn.ended,
             }
         )
+
+
+def _enum_labels(slot: SlotType) -> tuple[Label, ...]:
+    values: tuple[str, ...] = getattr(slot.spec, "values", ())
+    return tuple(Label(value, value.replace("_", " ")) for value in values)
 
 
 def _assign(target: Any, values: dict[str, Any]) -> None:
@@ -1154,10 +1226,6 @@ def _assign(target: Any, values: dict[str, Any]) -> None:
     else:
         for name, value in values.items():
             setattr(target, name, value)
-
-
-def _escaped(text: str | None) -> str | None:
-    return None if text is None else escape_hidden(text)
 
 
 def _update(facts: dict[str, Any], given: Mapping[str, Any]) -> None:
@@ -1178,6 +1246,36 @@ def _cost(usage: Usage, started: float) -> dict[str, Any]:
         "cached_tokens": usage.cached_tokens,
         "latency_ms": round((time.perf_counter() - started) * 1000, 3),
     }
+
+
+def _moves(machine: Machine) -> dict[tuple[str, str], str] | None:
+    """``(trigger, source) -> dest`` for every transition of ``machine``, read off the machine.
+
+    Firing a transition that has no conditions and no callbacks, on a machine and states that
+    have none either, only moves the model to its destination; such a move is a lookup here.
+    None when anything would run on a move (a callback added to the machine after it was
+    compiled): then every move goes through ``Event.trigger``.
+    """
+    hooks = (
+        machine.before_state_change,
+        machine.after_state_change,
+        machine.prepare_event,
+        machine.finalize_event,
+        machine.on_exception,
+        machine.on_final,
+    )
+    if any(hooks) or any(s.on_enter or s.on_exit for s in machine.states.values()):
+        return None
+    moves: dict[tuple[str, str], str] = {}
+    for trigger, event in machine.events.items():
+        for source, declared in event.transitions.items():
+            if len(declared) != 1:
+                return None
+            (move,) = declared
+            if move.conditions or move.before or move.after or move.prepare or move.dest is None:
+                return None
+            moves[(trigger, source)] = move.dest
+    return moves
 
 
 class _Cursor:

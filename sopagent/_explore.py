@@ -791,7 +791,7 @@ class _Adversary(Recorder):
         return ()
 
     @override
-    def _emit(self, session: Session, turn: Turn, allowed: frozenset[str]) -> None:
+    def _emit(self, session: Session, turn: Turn, allowed: tuple[str, ...]) -> None:
         """Abstract turns are not audited."""
 
 

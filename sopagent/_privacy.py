@@ -46,10 +46,12 @@ class Redactor:
             for effect, spec in policy.effects.items()
         }
 
+        self._active = bool(self.modes) or any(self.params.values())
+
     @property
     def active(self) -> bool:
         """Whether the policy has any personal value at all."""
-        return bool(self.modes) or any(self.params.values())
+        return self._active
 
     def shown(self, mode: str, value: Any) -> str:
         """How one personal value appears under ``mode`` (``hash`` or ``mask``)."""
@@ -72,9 +74,11 @@ class Redactor:
         """Raw personal values (their text) -> how each is shown, from slot/fact mappings."""
         found: dict[str, str] = {}
         for values in sources:
-            for name, value in values.items():
-                mode = self.modes.get(name)
-                if mode is not None and value is not None:
+            if not values:
+                continue
+            for name, mode in self.modes.items():
+                value = values.get(name)
+                if value is not None:
                     shown = "[redacted]" if mode == "drop" else self.shown(mode, value)
                     _collect(found, value, shown)
         return found

@@ -35,11 +35,11 @@ import hashlib
 import importlib
 import importlib.util
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType, ModuleType
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 from sopagent.session import Effect
 
@@ -69,6 +69,48 @@ class HistoryItem:
     responses: tuple[str, ...]
 
 
+class _Past(Sequence[HistoryItem]):
+    """Earlier turns as a decision function sees them, built when first read.
+
+    Holds a snapshot of the session's remembered turns; most decision functions never read
+    them, and a session may remember hundreds. Compares equal to a sequence of the same items.
+    """
+
+    __slots__ = ("_items", "_turns")
+
+    def __init__(self, turns: Sequence[Any]) -> None:
+        self._turns = tuple(turns)
+        self._items: tuple[HistoryItem, ...] | None = None
+
+    def _built(self) -> tuple[HistoryItem, ...]:
+        if self._items is None:
+            self._items = tuple(HistoryItem(t.intent, t.state, t.responses) for t in self._turns)
+        return self._items
+
+    def __len__(self) -> int:
+        return len(self._turns)
+
+    @overload
+    def __getitem__(self, index: int) -> HistoryItem: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[HistoryItem, ...]: ...
+    def __getitem__(self, index: int | slice) -> HistoryItem | tuple[HistoryItem, ...]:
+        return self._built()[index]
+
+    def __iter__(self) -> Iterator[HistoryItem]:
+        return iter(self._built())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, str):
+            return self._built() == tuple(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(self._built())
+
+
 @dataclass(frozen=True, slots=True)
 class Context:
     """What a decision function may read. Every mapping is read-only.
@@ -78,7 +120,7 @@ class Context:
         intent: the intent of the current turn, if the model or a rule classified one.
         slots: validated slot values, typed (``Decimal`` for money, ``date`` for dates).
         facts: validated facts, typed the same way.
-        history: earlier turns, oldest first.
+        history: earlier turns, oldest first (a read-only sequence, built when read).
         session_id: the session's id.
         turn: index of the current turn, from 0.
     """
@@ -87,7 +129,7 @@ class Context:
     intent: str | None
     slots: Mapping[str, Any]
     facts: Mapping[str, Any]
-    history: tuple[HistoryItem, ...]
+    history: Sequence[HistoryItem]
     session_id: str
     turn: int
 
@@ -99,7 +141,7 @@ class Context:
         intent: str | None,
         slots: dict[str, Any],
         facts: dict[str, Any],
-        history: tuple[HistoryItem, ...],
+        history: Sequence[HistoryItem],
         session_id: str,
         turn: int,
     ) -> Context:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic.fields import FieldInfo
 
 from sopagent.errors import SessionError
 
@@ -191,24 +191,28 @@ _Model = TypeVar("_Model", bound=BaseModel)
 class _Shape:
     """What `trusted` needs to know of a model class, worked out once per class."""
 
-    __slots__ = ("defaults", "factories", "fields", "required")
+    __slots__ = ("defaults", "factories", "fields", "names", "required")
 
     def __init__(self, cls: type[BaseModel]) -> None:
         # In the fields' declared order: serialization follows it, and updating a copy of
         # this dict keeps it.
         self.defaults: dict[str, Any] = {}
-        self.factories: list[tuple[str, FieldInfo]] = []
+        # (name, factory, whether it takes the values built so far), so that building a
+        # model does not inspect the factory's signature every time.
+        self.factories: list[tuple[str, Callable[..., Any], bool]] = []
         required: list[str] = []
         for name, info in cls.model_fields.items():
             self.defaults[name] = None if info.is_required() else info.default
             if info.default_factory is not None:
-                self.factories.append((name, info))
+                takes_data = bool(getattr(info, "default_factory_takes_validated_data", False))
+                self.factories.append((name, info.default_factory, takes_data))
             elif info.is_required():
                 required.append(name)
         self.required = frozenset(required)
         # Every instance built here has every field set, so they all share one set. (A
         # mutable model's assignment adds the name it sets, which is already there.)
         self.fields = set(cls.model_fields)
+        self.names = tuple(cls.model_fields)
 
 
 _SHAPES: dict[type[BaseModel], _Shape] = {}
@@ -223,23 +227,33 @@ def trusted(cls: type[_Model], **fields: Any) -> _Model:
     shape = _SHAPES.get(cls)
     if shape is None:
         shape = _SHAPES[cls] = _Shape(cls)
-    if not shape.required <= fields.keys() <= shape.defaults.keys():
-        missing = sorted(shape.required - fields.keys())
-        if missing:
-            raise TypeError(f"{cls.__name__} needs a value for {missing[0]!r}")
-        unknown = sorted(fields.keys() - shape.defaults.keys())
-        raise TypeError(f"{cls.__name__} has no field {unknown[0]!r}")
-    values = shape.defaults.copy()
-    values.update(fields)
-    for name, info in shape.factories:
-        if name not in fields:
-            values[name] = info.get_default(call_default_factory=True, validated_data=values)
-    model = cls.__new__(cls)
-    object.__setattr__(model, "__dict__", values)
-    object.__setattr__(model, "__pydantic_fields_set__", shape.fields)
-    object.__setattr__(model, "__pydantic_extra__", None)
-    object.__setattr__(model, "__pydantic_private__", None)
+    if tuple(fields) == shape.names:
+        # Every field given, in the declared order (the turn loop's usual case): the keyword
+        # dict can be the instance's own.
+        values = fields
+    else:
+        if not shape.required <= fields.keys() <= shape.fields:
+            missing = sorted(shape.required - fields.keys())
+            if missing:
+                raise TypeError(f"{cls.__name__} needs a value for {missing[0]!r}")
+            unknown = sorted(fields.keys() - shape.fields)
+            raise TypeError(f"{cls.__name__} has no field {unknown[0]!r}")
+        values = shape.defaults.copy()
+        values.update(fields)
+        for name, factory, takes_data in shape.factories:
+            if name not in fields:
+                values[name] = factory(values) if takes_data else factory()
+    model = _new(cls)
+    _set(model, "__dict__", values)
+    _set(model, "__pydantic_fields_set__", shape.fields)
+    _set(model, "__pydantic_extra__", None)
+    _set(model, "__pydantic_private__", None)
     return model
+
+
+# What a model's own __new__ and __setattr__ come down to, without their bookkeeping.
+_new = object.__new__
+_set = object.__setattr__
 
 
 def _share_fields(model: BaseModel) -> None:

@@ -11,6 +11,7 @@ from sopagent.errors import BackendError
 __all__ = ["ScriptedBackend"]
 
 Answer = str | Callable[[ClassifyRequest], str]
+_ONE_CALL = Usage(calls=1)  # immutable, so every answer shares it
 
 
 class ScriptedBackend:
@@ -56,13 +57,17 @@ class ScriptedBackend:
             label = self._default
         if label is None:
             raise BackendError(f"no scripted label for {request.text!r}", provider=self.name)
-        slots = {k: v for k, v in self._slots.items() if k in request.slot_choices}
-        return Classification(label, 1.0, {label: 1.0}, slots, Usage(calls=1))
+        slots = (
+            {k: v for k, v in self._slots.items() if k in request.slot_choices}
+            if self._slots
+            else {}
+        )
+        return Classification(label, 1.0, {label: 1.0}, slots, _ONE_CALL)
 
     def choose(self, request: ChooseRequest) -> Choice:
         """Answer with the next scripted response id, or the first option."""
         response = self._choices.popleft() if self._choices else request.options[0].name
-        return Choice(response, 1.0, Usage(calls=1))
+        return Choice(response, 1.0, _ONE_CALL)
 
 
 def _norm(text: str) -> str:

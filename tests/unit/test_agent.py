@@ -484,6 +484,10 @@ def test_decision_sees_typed_read_only_context(write_policy: Writer) -> None:
     assert ctx.turn == 0
     assert ctx.session_id == session.id
     assert [h.responses for h in ctx.history] == [("welcome",)]
+    # A snapshot of the turns before this one, read like a tuple; the session has moved on.
+    assert len(ctx.history) == 1 < len(session.history)
+    assert ctx.history == tuple(ctx.history) == ctx.history[:]
+    assert ctx.history[-1].responses == ("welcome",)
 
 
 def test_invalid_slot_value_is_asked_again(write_policy: Writer) -> None:
@@ -750,3 +754,29 @@ def test_failed_turn_is_audited_with_its_error(refund_agent: MakeAgent) -> None:
     assert event["responses"] == ["technical_issue"]
     assert event["error"].startswith("BackendError")
     assert event["state_before"] == event["state_after"] == "ask_order"
+
+
+def test_moves_are_the_transitions_the_machine_declares(refund_agent: MakeAgent) -> None:
+    """The agent moves by a table read off the compiled machine, one entry per transition."""
+    from sopagent._agent import _moves  # noqa: PLC0415 (a private helper under test)
+
+    agent = refund_agent()
+    machine = agent.compiled.machine
+    table = _moves(machine)
+    assert table is not None
+    transitions = agent.compiled.machine_config()["transitions"]
+    declared = {(t["trigger"], t["source"]): t["dest"] for t in transitions}
+    assert table == declared
+
+
+def test_a_callback_on_the_machine_runs_on_every_move(refund_agent: MakeAgent) -> None:
+    """With anything attached to the machine, moves go through transitions and call it."""
+    agent = refund_agent({"I want my money back": "request_refund"})
+    entered: list[str] = []
+    agent.compiled.machine.get_state("ask_order").add_callback(
+        "enter", lambda *_: entered.append("ask_order")
+    )
+    agent = Agent(agent.compiled, agent.backend, audit=MemorySink())
+    _, turns = started(agent, "I want my money back")
+    assert turns[-1].state_after == "ask_order"
+    assert entered == ["ask_order"]

@@ -90,3 +90,19 @@ def test_new_session_refuses_ids_and_seeds_of_the_wrong_type(refund_agent: MakeA
         agent.new_session(session_id=7)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="seed"):
         agent.new_session(seed="1")  # type: ignore[arg-type]
+
+
+def test_trusted_models_keep_the_declared_order_whatever_the_keyword_order() -> None:
+    """Fields given out of order, or only some of them, still dump in the declared order."""
+    given = {"locale": "fr", "hash": "abc", "text": "Bonjour.", "id": "greet"}
+    fast, checked = trusted(Utterance, **given), Utterance(**given)
+    assert list(fast.__dict__) == list(Utterance.model_fields)
+    assert fast.model_dump_json() == checked.model_dump_json()
+    complete = {"state": "check", "function": "f", "outcome": "ok", "forced": False}
+    assert list(trusted(DecisionRecord, **complete).__dict__) == list(complete)
+
+
+def test_trusted_models_refuse_unknown_fields() -> None:
+    """A field the model does not declare is a TypeError naming it, not a silent extra."""
+    with pytest.raises(TypeError, match="'colour'"):
+        trusted(Utterance, id="greet", text="Hello.", hash="abc", locale=None, colour="red")
