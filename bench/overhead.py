@@ -262,11 +262,20 @@ def run(quick: bool = False) -> dict[str, Any]:
                     continue
                 by_kind: dict[str, list[int]] = defaultdict(list)
                 totals: list[int] = []
+                tag = f"{sink_name}{' forced' if forced else ''}"
                 for _ in range(conversations // rounds):
-                    _, total = run_conversation(agent, forced=forced, check=False, out=by_kind)
+                    # Paired: a raw trigger timed just before and just after the conversation,
+                    # so that a machine whose speed drifts cancels out of each ratio.
+                    before = time_raw(machine, model, one_transition, raw_batch)
+                    turns: dict[str, list[int]] = defaultdict(list)
+                    _, total = run_conversation(agent, forced=forced, check=False, out=turns)
+                    raw_around = (before + time_raw(machine, model, one_transition, raw_batch)) / 2
+                    samples[f"{tag} paired raw"].append(raw_around)
+                    for kind, values in turns.items():
+                        by_kind[kind].extend(values)
+                        samples[f"{tag} paired"].extend(v / raw_around for v in values)
                     totals.append(total)
                     reset_world(agent, backend, sink)
-                tag = f"{sink_name}{' forced' if forced else ''}"
                 for kind, values in by_kind.items():
                     samples[f"{tag} {kind}"].extend(values)
                     samples[f"{tag} all turns"].extend(values)
@@ -321,6 +330,20 @@ def run(quick: bool = False) -> dict[str, Any]:
     imported_src_s, bare_src_s = import_time(import_runs, bytecode=False)
 
     us = {key: median(values) / 1000 for key, values in samples.items()}
+
+    def paired_row(sink_name: str, tag: str) -> dict[str, Any]:
+        figure = row(
+            f"turn vs raw trigger, paired ({sink_name})",
+            us[f"{tag} all turns"],
+            "µs",
+            baseline=us[f"{tag} paired raw"],
+            baseline_name="raw trigger timed around each conversation",
+            n=len(samples[f"{tag} paired"]),
+            note="ratio: median over turns of turn / raw trigger timed around its conversation",
+        )
+        figure["ratio"] = round(median(samples[f"{tag} paired"]), 2)
+        return figure
+
     raw_one = us["raw one"]
     rows = [
         row(
@@ -346,6 +369,8 @@ def run(quick: bool = False) -> dict[str, Any]:
             baseline_name="1 raw trigger",
             n=len(samples["null all turns"]),
         ),
+        paired_row("MemorySink", "memory"),
+        paired_row("NullSink", "null"),
         row(
             "turn, forced intents (NullSink)",
             us["null forced all turns"],

@@ -67,7 +67,7 @@ TARGETS = (
     Target(
         "framework turn <= 4x a raw trigger",
         "overhead",
-        "turn, median over the conversation (Mem",
+        "turn vs raw trigger, paired (Mem",
         4,
         "ratio",
     ),

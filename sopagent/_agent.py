@@ -79,6 +79,10 @@ _FILLER = frozenset({
     "okay", "yes",
 })  # fmt: skip
 _PUNCTUATION = re.compile(r"[^\w\s]")
+# The same substitution for ASCII text, as a byte table (bytes.translate is one pass in C).
+_ASCII_PUNCTUATION = bytes(
+    ord(" ") if c < 128 and _PUNCTUATION.match(chr(c)) else c for c in range(256)
+)
 _NO_OUTCOMES: Mapping[str, str] = MappingProxyType({})
 # JSON values that are hashable as they are, so their rendering can be remembered.
 _SCALARS = (str, int, float)
@@ -761,7 +765,7 @@ class Agent:
             return _Classified(forced, 1.0, "forced", _NO_USAGE, {})
         table = self._local(locale)
         local = table is not None and table.vocabulary is not None
-        normalized = " ".join(_PUNCTUATION.sub(" ", text.lower()).split())
+        normalized = " ".join(_normalized(text).split())
         examples = table.examples[state.name] if table is not None and local else state.examples
         example = examples.get(normalized)
         if example is not None:
@@ -1157,11 +1161,7 @@ class Agent:
             return None
         if turn.state_before in self._collects_personal:
             return None
-        redactor = self.redactor
-        if not redactor.active:
-            return turn.user_text
-        personal = redactor.personal(turn.slots, session.slots, session.facts)
-        return redactor.scrub(turn.user_text, personal)
+        return self.redactor.scrub_values(turn.user_text, turn.slots, session.slots, session.facts)
 
     def _audited_effect(self, effect: Effect) -> dict[str, Any]:
         return {"name": effect.name, "args": self.redactor.effect_args(effect.name, effect.args)}
@@ -1206,6 +1206,14 @@ class Agent:
                 "ended": turn.ended,
             }
         )
+
+
+def _normalized(text: str) -> str:
+    """``text`` in lower case with punctuation replaced by spaces (examples are kept so)."""
+    lowered = text.lower()
+    if lowered.isascii():
+        return lowered.encode("ascii").translate(_ASCII_PUNCTUATION).decode("ascii")
+    return _PUNCTUATION.sub(" ", lowered)
 
 
 def _enum_labels(slot: SlotType) -> tuple[Label, ...]:

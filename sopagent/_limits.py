@@ -67,7 +67,9 @@ _SUSPECT = re.compile(f"[{_CONTROL}{_FORMAT}\ud800-\udfff]")
 
 def received(text: str) -> tuple[str, str]:
     """``(encodable(text), visible(encodable(text)))``, with one scan for ordinary text."""
-    if _SUSPECT.search(text) is None:
+    # Every character these patterns match is non-printable (a control, format or surrogate
+    # code point), so text that is all printable needs no regex scan (the usual case).
+    if text.isprintable() or _SUSPECT.search(text) is None:
         return text, text
     kept = encodable(text)
     return kept, visible(kept)
@@ -75,14 +77,14 @@ def received(text: str) -> tuple[str, str]:
 
 def visible(text: str) -> str:
     """``text`` without hidden characters: controls become spaces, format characters go."""
-    if _HIDDEN.search(text) is None:
+    if text.isprintable() or _HIDDEN.search(text) is None:
         return text
     return _HIDDEN.sub(lambda m: " " if _SPACING.match(m.group()) else "", text)
 
 
 def escape_hidden(text: str) -> str:
     """``text`` with every hidden character written as a ``\\uXXXX`` (or ``\\UXXXXXXXX``) escape."""
-    if _HIDDEN.search(text) is None:
+    if text.isprintable() or _HIDDEN.search(text) is None:
         return text
     return _HIDDEN.sub(
         lambda m: (

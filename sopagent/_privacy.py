@@ -96,9 +96,41 @@ class Redactor:
                     _collect(found, value, shown)
         return found
 
+    def scrub_values(self, text: str, *sources: Mapping[str, Any]) -> str:
+        """``text`` with the personal values of ``sources`` in it replaced.
+
+        What ``scrub(text, personal(*sources))`` gives, with only the values that occur in
+        the text hashed or masked.
+        """
+        if not text or not self.modes:
+            return text
+        folded = text.casefold()
+        found: dict[str, str] = {}
+        for values in sources:
+            if not values:
+                continue
+            for name, mode in self.modes.items():
+                value = values.get(name)
+                if value is None:
+                    continue
+                if type(value) is str:
+                    present = len(value) >= _MIN_SCRUBBED and value.casefold() in folded
+                else:
+                    pieces: dict[str, str] = {}
+                    _collect(pieces, value, "")
+                    present = any(piece.casefold() in folded for piece in pieces)
+                if present:
+                    shown = "[redacted]" if mode == "drop" else self.shown(mode, value)
+                    _collect(found, value, shown)
+        return self.scrub(text, found)
+
     def scrub(self, text: str, personal: Mapping[str, str]) -> str:
         """``text`` with every personal value in it (any letter case) replaced."""
         if not personal or not text:
+            return text
+        folded = text.casefold()
+        personal = {raw: shown for raw, shown in personal.items() if raw.casefold() in folded}
+        if not personal:
             return text
         pattern = _pattern(tuple(sorted(personal, key=len, reverse=True)))
         if pattern is None:

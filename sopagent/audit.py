@@ -23,7 +23,11 @@ class AuditSink(Protocol):
     """Where audit events go."""
 
     def emit(self, event: Mapping[str, Any]) -> None:
-        """Record one event; must not raise for ordinary I/O hiccups of the caller's turn."""
+        """Record one event; must not raise for ordinary I/O hiccups of the caller's turn.
+
+        The event is the sink's to keep: sopagent builds a new one for every call and never
+        reads or changes it afterwards.
+        """
         ...
 
 
@@ -144,8 +148,8 @@ class MemorySink:
         self.events: list[dict[str, Any]] = []
 
     def emit(self, event: Mapping[str, Any]) -> None:
-        """Append a copy of the event."""
-        self.events.append(dict(event))
+        """Append the event (a dict as it is, any other mapping as a dict)."""
+        self.events.append(event if type(event) is dict else dict(event))
 
 
 class NullSink:

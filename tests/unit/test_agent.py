@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 from conftest import REFUND_POLICY
+from hypothesis import given
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from sopagent import (
@@ -780,3 +782,11 @@ def test_a_callback_on_the_machine_runs_on_every_move(refund_agent: MakeAgent) -
     _, turns = started(agent, "I want my money back")
     assert turns[-1].state_after == "ask_order"
     assert entered == ["ask_order"]
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=0x2FF), max_size=40))
+def test_normalizing_a_message_matches_the_punctuation_pattern(text: str) -> None:
+    """The byte table used for ASCII text gives what the pattern gives."""
+    from sopagent._agent import _PUNCTUATION, _normalized  # noqa: PLC0415 (private helpers)
+
+    assert _normalized(text) == _PUNCTUATION.sub(" ", text.lower())

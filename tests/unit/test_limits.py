@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from sopagent import MemorySink, PolicyError, ScriptedBackend, load_agent, load_policy
-from sopagent._limits import escape_hidden, visible
+from sopagent._limits import _HIDDEN, _SUSPECT, escape_hidden, visible
 from sopagent.policy import Limits
 
 Writer = Callable[..., Path]
@@ -163,3 +164,12 @@ def test_visible_and_escape_hidden() -> None:
     assert visible("plain text, ünïcode ✓") == "plain text, ünïcode ✓"
     assert escape_hidden("a\u202eb\x00c\U000e0041") == "a\\u202eb\\u0000c\\U000e0041"
     assert escape_hidden("no change") == "no change"
+
+
+def test_printable_text_has_nothing_hidden() -> None:
+    """What the hidden-character patterns match is never printable: printable text skips them."""
+    every = [chr(c) for c in range(sys.maxunicode + 1)]
+    suspect = [ch for ch in every if _SUSPECT.match(ch) is not None]
+    assert len(suspect) > 2000  # the controls, format characters and surrogates
+    assert not any(ch.isprintable() for ch in suspect)
+    assert all(_SUSPECT.match(ch) for ch in every if _HIDDEN.match(ch))

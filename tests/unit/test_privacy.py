@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sopagent import JsonLinesSink, MemorySink, ScriptedBackend, load_agent, load_policy
 from sopagent._export import labeled_turns
@@ -177,3 +179,32 @@ def test_shipped_policies_mark_personal_slots() -> None:
     assert retail.facts["user_id"].personal
     assert retail.facts["user_name"].personal
     assert load_policy(REFUND_POLICY).slots["verification_code"].personal
+
+
+_REFUND = load_policy(REFUND_POLICY)
+_PIECES = ["615204", "ORD-77", "straße", "Σίσυφος", "ﬀ", "İstanbul", "hello", " ", "-", "k"]
+
+
+@given(
+    words=st.lists(st.sampled_from(_PIECES), max_size=8),
+    cases=st.lists(st.sampled_from(["lower", "upper", "title", "casefold"]), max_size=8),
+    mode=st.sampled_from(["hash", "mask", "drop"]),
+)
+def test_scrubbing_only_the_values_present_changes_nothing(
+    words: list[str], cases: list[str], mode: str
+) -> None:
+    """Replacing the values found in the text equals replacing every known value."""
+    redactor = Redactor(_REFUND, b"k" * 32)
+    redactor.modes["verification_code"] = mode
+    written = [getattr(w, c)() for w, c in zip(words, cases + ["lower"] * 8, strict=False)]
+    text = " ".join(written)
+    sources = (
+        {"verification_code": "615204"},
+        {"order_id": "ord-77", "verification_code": "STRASSE"},
+        {"verification_code": "σίσυφος"},
+        {"verification_code": "ff"},
+        {"verification_code": "i̇stanbul"},
+    )
+    for source in sources:
+        expected = redactor.scrub(text, redactor.personal(source))
+        assert redactor.scrub_values(text, source) == expected
