@@ -250,6 +250,7 @@ class Agent:
         # Slot and fact values as responses show them, by (type, JSON value): rendering a
         # value is a pure function of the two, and the same few values recur turn after turn.
         self._shown: dict[tuple[SlotType, type, Any], str] = {}
+        self._remember = compiled.policy.remember
         # Worked out once, for the audit event of every turn.
         self._policy_name = compiled.name
         self._allowed = {name: tuple(sorted(s.allowed)) for name, s in compiled.states.items()}
@@ -543,8 +544,9 @@ class Agent:
                 if heard is None:
                     assert clean is not None
                     found, taken = self._extract(state, clean)
-                    found_slots = {n: f.value for n, f in found.items() if f.error is None}
-                    invalid = {n: f.error for n, f in found.items() if f.error is not None}
+                    if found:
+                        found_slots = {n: f.value for n, f in found.items() if f.error is None}
+                        invalid = {n: f.error for n, f in found.items() if f.error is not None}
                     try:
                         classified = self._classify(
                             state, clean, forced, found_slots, taken, work.locale
@@ -635,13 +637,13 @@ class Agent:
         # Commit.
         commit: dict[str, Any] = {}
         if not failed and (text is not None or not session.started):
-            commit.update(
-                state=work.state,
-                slots=work.slots,
-                facts=work.facts,
-                ended=session.ended or work.ended,
-                started=True,
-            )
+            commit = {
+                "state": work.state,
+                "slots": work.slots,
+                "facts": work.facts,
+                "ended": session.ended or work.ended,
+                "started": True,
+            }
         if text is not None:
             commit["turns"] = session.turns + 1
         _assign(session, commit)
@@ -666,7 +668,7 @@ class Agent:
                 responses=tuple([u.id for u in responses]),
             )
         )
-        remember = compiled.policy.remember
+        remember = self._remember
         if len(session.history) > remember:
             del session.history[: len(session.history) - remember]
         if tape is not None:
@@ -688,9 +690,11 @@ class Agent:
             intent_source=classified.source,
             answered_by=classified.answered_by,
             accepted=accepted,
-            slots={n: slot_types[n].to_json(v) for n, v in found_slots.items()},
+            slots={n: slot_types[n].to_json(v) for n, v in found_slots.items()}
+            if found_slots
+            else {},
             invalid_slots=invalid,
-            decisions=tuple(work.decisions),
+            decisions=tuple(work.decisions) if work.decisions else (),
             responses=responses,
             effects=() if failed or not work.effects else tuple(work.effects),
             pending=False,
@@ -745,7 +749,10 @@ class Agent:
     ) -> tuple[dict[str, Found], list[tuple[int, int]]]:
         found: dict[str, Found] = {}
         taken: list[tuple[int, int]] = []
-        for name in self._collect_order[state.name]:
+        order = self._collect_order[state.name]
+        if not order:
+            return found, taken
+        for name in order:
             hit = self.compiled.slot_types[name].find(text, taken)
             if hit is not None:
                 found[name] = hit
