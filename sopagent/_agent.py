@@ -35,7 +35,6 @@ from sopagent._limits import (
     escape_hidden,
     received,
 )
-from sopagent._locales import LocaleTable
 from sopagent._privacy import Redactor
 from sopagent._slots import Found, SlotType
 from sopagent.audit import AuditSink, NullSink, StructlogSink
@@ -533,7 +532,8 @@ class Agent:
             elif session.ended:
                 error = "the conversation has ended"
             else:
-                _update(work.facts, given)
+                if given:
+                    _update(work.facts, given)
                 if not session.started:
                     self._enter(work, session.state, None)
                 state = compiled.states[work.state]
@@ -770,7 +770,7 @@ class Agent:
     ) -> _Classified:
         if forced is not None:
             return _Classified(forced, 1.0, "forced", _NO_USAGE, {})
-        table = self._local(locale)
+        table = None if locale is None else self.compiled.locales.get(locale)
         local = table is not None and table.vocabulary is not None
         normalized = " ".join(_normalized(text).split())
         examples = table.examples[state.name] if table is not None and local else state.examples
@@ -1084,13 +1084,10 @@ class Agent:
         )
         return result.name
 
-    def _local(self, locale: str | None) -> LocaleTable | None:
-        return self.compiled.locales.get(locale) if locale is not None else None
-
     def _render(self, work: _Work, text: str) -> tuple[Utterance, ...]:
         compiled = self.compiled
         out: list[Utterance] = []
-        table = self._local(work.locale)
+        table = None if work.locale is None else compiled.locales.get(work.locale)
         source = compiled.catalog.locale
         for group in work.said:
             response = group[0]
