@@ -1,7 +1,8 @@
 """Run every benchmark and collect the figures in one table and bench/results/latest.json.
 
 Runs, each in its own interpreter with ``--json``: ``overhead.py`` (framework cost per turn
-against raw transitions), ``sessions.py`` (memory of 100,000 live sessions, restoring one),
+against raw transitions), ``instructions.py`` (the same in instructions, under callgrind),
+``sessions.py`` (memory of 100,000 live sessions, restoring one),
 ``check_scale.py`` (load, check and compile of generated policies of 100 to 10,000 states),
 ``start.py`` (import and ``sopagent chat`` start-up), ``embedded_turns.py`` (turns on the
 embedded model against a raw llama.cpp forward pass, tokens per turn), ``clinc_eval.py``
@@ -32,6 +33,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 BENCHMARKS = (
     "overhead",
+    "instructions",
     "sessions",
     "check_scale",
     "start",

@@ -243,6 +243,15 @@ def compile_policy(
             policy.out_of_scope.description,
             tuple(policy.out_of_scope.examples) or OUT_OF_SCOPE_LABEL.examples,
         )
+    # Worked out once per intent, shared by every state that allows it.
+    intent_labels = {
+        i: Label(i, intent.description, tuple(intent.examples))
+        for i, intent in policy.intents.items()
+    }
+    normalized = {
+        i: [_normalize(e) for e in intent.examples] for i, intent in policy.intents.items()
+    }
+    off_topic = [_normalize(e) for e in out_of_scope.examples]
     states: dict[str, CompiledState] = {}
     for name, state in policy.states.items():
         confidence = state.confidence or policy.global_.confidence
@@ -260,20 +269,10 @@ def compile_policy(
         for route in routes.values():
             collect.extend(s for s in route.require if s not in collect)
         intents = [i for i in policy.intents if i in routes]
-        labels = (
-            *(
-                Label(i, policy.intents[i].description, tuple(policy.intents[i].examples))
-                for i in intents
-            ),
-            out_of_scope,
-        )
-        examples = {
-            _normalize(example): intent
-            for intent in intents
-            for example in policy.intents[intent].examples
-        }
-        for example in out_of_scope.examples:
-            examples.setdefault(_normalize(example), OUT_OF_SCOPE)
+        labels = (*(intent_labels[i] for i in intents), out_of_scope)
+        examples = {example: intent for intent in intents for example in normalized[intent]}
+        for example in off_topic:
+            examples.setdefault(example, OUT_OF_SCOPE)
         states[name] = CompiledState(
             name=name,
             kind=kind,
@@ -304,13 +303,7 @@ def compile_policy(
             ),
         )
     templates = {rid: _template(rid, response) for rid, response in catalog.responses.items()}
-    vocabulary = (
-        *(
-            Label(name, intent.description, tuple(intent.examples))
-            for name, intent in policy.intents.items()
-        ),
-        out_of_scope,
-    )
+    vocabulary = (*intent_labels.values(), out_of_scope)
     return CompiledPolicy(
         policy=policy,
         catalog=catalog,
