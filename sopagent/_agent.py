@@ -250,6 +250,10 @@ class Agent:
         # value is a pure function of the two, and the same few values recur turn after turn.
         self._shown: dict[tuple[SlotType, type, Any], str] = {}
         self._remember = compiled.policy.remember
+        # Immutable results that depend only on the policy, made once each on first use:
+        # lines without placeholders (by response and locale) and decision records.
+        self._fixed: dict[tuple[str, str | None], Utterance] = {}
+        self._records: dict[tuple[str, str, str], DecisionRecord] = {}
         # Worked out once, for the audit event of every turn.
         self._policy_name = compiled.name
         self._allowed = {name: tuple(sorted(s.allowed)) for name, s in compiled.states.items()}
@@ -1077,12 +1081,18 @@ class Agent:
                         name=effect.name, args=args, state=state.name, origin="decide"
                     )
                 )
-        work.decisions.append(
-            trusted(
-                DecisionRecord, state=state.name, function=name, outcome=result.name, forced=False
-            )
-        )
+        work.decisions.append(self._record(state.name, name, result.name))
         return result.name
+
+    def _record(self, state: str, function: str, outcome: str) -> DecisionRecord:
+        """The record of a decision that ran; immutable, so one per outcome serves every turn."""
+        key = (state, function, outcome)
+        record = self._records.get(key)
+        if record is None:
+            record = self._records[key] = trusted(
+                DecisionRecord, state=state, function=function, outcome=outcome, forced=False
+            )
+        return record
 
     def _render(self, work: _Work, text: str) -> tuple[Utterance, ...]:
         compiled = self.compiled
@@ -1097,15 +1107,22 @@ class Agent:
             locale = source
             if table is not None and response in table.templates:
                 template, locale = table.templates[response], table.code
-            if template.placeholders:
-                values: dict[str, str] = {}
-                for name in template.placeholders:
-                    values[name] = self._shown_value(work, name, response)
-                text_out = template.text.format_map(values)
-            elif "{" in template.text or "}" in template.text:
-                text_out = template.text.format_map({})  # escaped braces
-            else:
-                text_out = template.text
+            if not template.placeholders:
+                # The same line every time: one immutable Utterance serves every turn.
+                said = self._fixed.get((response, locale))
+                if said is None:
+                    text_out = template.text
+                    if "{" in text_out or "}" in text_out:
+                        text_out = text_out.format_map({})  # escaped braces
+                    said = self._fixed[(response, locale)] = trusted(
+                        Utterance, id=response, text=text_out, hash=template.hash, locale=locale
+                    )
+                out.append(said)
+                continue
+            values: dict[str, str] = {}
+            for name in template.placeholders:
+                values[name] = self._shown_value(work, name, response)
+            text_out = template.text.format_map(values)
             out.append(
                 trusted(Utterance, id=response, text=text_out, hash=template.hash, locale=locale)
             )
