@@ -2,7 +2,7 @@
 
 A turn is: find slot values in the text, classify the intent (one constrained model call at
 most, none when an example, a forced label or the slot values alone decide it), pick the
-route the state declares for it, fire that transition on the compiled machine, run decision
+route the state declares for it, take that transition of the compiled machine, run decision
 functions of the states entered until one waits for input, render the approved responses, and
 write one audit event. Any failure underneath (backend, decision function, rendering) takes
 the policy's error route and leaves the session as it was before the turn. A message longer
