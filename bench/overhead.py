@@ -414,39 +414,27 @@ def run(quick: bool = False) -> dict[str, Any]:
                 note=" -> ".join(f"{s}:{t}" for s, t in fired),
             )
         )
+    # The same turn on a short history (against a raw trigger) and at the cap (against itself).
+    for label, key in (("steady turn", "steady"), ("decision turn", "decide")):
+        rows += [
+            row(
+                f"{label}, {len(mid.history)}-turn history (NullSink)",
+                us[f"{key} short"],
+                "µs",
+                baseline=raw_one,
+                baseline_name="1 raw trigger",
+                n=len(samples[f"{key} short"]),
+            ),
+            row(
+                f"{label}, 200-turn history (NullSink)",
+                us[f"{key} long"],
+                "µs",
+                baseline=us[f"{key} short"],
+                baseline_name=f"{len(mid.history)}-turn history",
+                n=len(samples[f"{key} long"]),
+            ),
+        ]
     rows += [
-        row(
-            f"steady turn, {len(mid.history)}-turn history (NullSink)",
-            us["steady short"],
-            "µs",
-            baseline=raw_one,
-            baseline_name="1 raw trigger",
-            n=len(samples["steady short"]),
-        ),
-        row(
-            "steady turn, 200-turn history (NullSink)",
-            us["steady long"],
-            "µs",
-            baseline=us["steady short"],
-            baseline_name=f"{len(mid.history)}-turn history",
-            n=len(samples["steady long"]),
-        ),
-        row(
-            f"decision turn, {len(mid.history)}-turn history (NullSink)",
-            us["decide short"],
-            "µs",
-            baseline=raw_one,
-            baseline_name="1 raw trigger",
-            n=len(samples["decide short"]),
-        ),
-        row(
-            "decision turn, 200-turn history (NullSink)",
-            us["decide long"],
-            "µs",
-            baseline=us["decide short"],
-            baseline_name=f"{len(mid.history)}-turn history",
-            n=len(samples["decide long"]),
-        ),
         row(
             "session JSON round trip, mid-conversation",
             us["roundtrip"],

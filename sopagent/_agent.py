@@ -35,6 +35,7 @@ from sopagent._limits import (
     escape_hidden,
     received,
 )
+from sopagent._locales import LocaleTable
 from sopagent._privacy import Redactor
 from sopagent._slots import Found, SlotType
 from sopagent.audit import AuditSink, NullSink, StructlogSink
@@ -702,11 +703,7 @@ class Agent:
             responses=responses,
             effects=() if failed or not work.effects else tuple(work.effects),
             pending=False,
-            model_calls=usage.calls,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            cached_tokens=usage.cached_tokens,
-            latency_ms=round((time.perf_counter() - started) * 1000, 3),
+            **_cost(usage, started),
             error=error,
             ended=session.ended,
         )
@@ -774,7 +771,7 @@ class Agent:
     ) -> _Classified:
         if forced is not None:
             return _Classified(forced, 1.0, "forced", _NO_USAGE, {})
-        table = None if locale is None else self.compiled.locales.get(locale)
+        table = self._local(locale)
         local = table is not None and table.vocabulary is not None
         normalized = " ".join(_normalized(text).split())
         examples = table.examples[state.name] if table is not None and local else state.examples
@@ -997,14 +994,11 @@ class Agent:
         if reads is not None:
             slots = {k: v for k, v in slots.items() if k in reads}
             facts = {k: v for k, v in facts.items() if k in reads}
-        # Read-only views of fresh typed copies (what `Context.build` makes, without copying
-        # the copies again).
-        slot_types, fact_types = compiled.slot_types, compiled.fact_types
-        context = Context(
+        context = Context.build(
             state=state.name,
             intent=intent,
-            slots=MappingProxyType({k: slot_types[k].from_json(v) for k, v in slots.items()}),
-            facts=MappingProxyType({k: fact_types[k].from_json(v) for k, v in facts.items()}),
+            slots={k: compiled.slot_types[k].from_json(v) for k, v in slots.items()},
+            facts={k: compiled.fact_types[k].from_json(v) for k, v in facts.items()},
             history=work.history,
             session_id=work.session_id,
             turn=work.turn,
@@ -1094,10 +1088,13 @@ class Agent:
             )
         return record
 
+    def _local(self, locale: str | None) -> LocaleTable | None:
+        return self.compiled.locales.get(locale) if locale is not None else None
+
     def _render(self, work: _Work, text: str) -> tuple[Utterance, ...]:
         compiled = self.compiled
         out: list[Utterance] = []
-        table = None if work.locale is None else compiled.locales.get(work.locale)
+        table = self._local(work.locale)
         source = compiled.catalog.locale
         for group in work.said:
             response = group[0]

@@ -70,17 +70,22 @@ class Redactor:
         """An effect's arguments with its personal parameters shown, or left out."""
         return _apply(self.params.get(effect, {}), args, self.shown)
 
-    def personal(self, *sources: Mapping[str, Any]) -> dict[str, str]:
-        """Raw personal values (their text) -> how each is shown, from slot/fact mappings."""
+    def personal(self, *sources: Mapping[str, Any], within: str | None = None) -> dict[str, str]:
+        """Raw personal values (their text) -> how each is shown, from slot/fact mappings.
+
+        With ``within``, only the values that occur in that text (any letter case) are shown.
+        """
+        folded = within.casefold() if within is not None else None
         found: dict[str, str] = {}
         for values in sources:
             if not values:
                 continue
             for name, mode in self.modes.items():
                 value = values.get(name)
-                if value is not None:
-                    shown = "[redacted]" if mode == "drop" else self.shown(mode, value)
-                    _collect(found, value, shown)
+                if value is None or (folded is not None and not _occurs(value, folded)):
+                    continue
+                shown = "[redacted]" if mode == "drop" else self.shown(mode, value)
+                _collect(found, value, shown)
         return found
 
     def effect_values(self, effects: Iterable[Mapping[str, Any]]) -> dict[str, str]:
@@ -104,25 +109,7 @@ class Redactor:
         """
         if not text or not self.modes:
             return text
-        folded = text.casefold()
-        found: dict[str, str] = {}
-        for values in sources:
-            if not values:
-                continue
-            for name, mode in self.modes.items():
-                value = values.get(name)
-                if value is None:
-                    continue
-                if type(value) is str:
-                    present = len(value) >= _MIN_SCRUBBED and value.casefold() in folded
-                else:
-                    pieces: dict[str, str] = {}
-                    _collect(pieces, value, "")
-                    present = any(piece.casefold() in folded for piece in pieces)
-                if present:
-                    shown = "[redacted]" if mode == "drop" else self.shown(mode, value)
-                    _collect(found, value, shown)
-        return self.scrub(text, found)
+        return self.scrub(text, self.personal(*sources, within=text))
 
     def scrub(self, text: str, personal: Mapping[str, str]) -> str:
         """``text`` with every personal value in it (any letter case) replaced."""
@@ -177,6 +164,15 @@ def _apply(modes: Mapping[str, str], values: Mapping[str, Any], shown: Any) -> d
         elif mode != "drop":
             out[name] = shown(mode, value)
     return out
+
+
+def _occurs(value: Any, folded: str) -> bool:
+    """Whether any text ``value`` may appear as (see `_collect`) is in ``folded``."""
+    if type(value) is str:
+        return len(value) >= _MIN_SCRUBBED and value.casefold() in folded
+    pieces: dict[str, str] = {}
+    _collect(pieces, value, "")
+    return any(piece.casefold() in folded for piece in pieces)
 
 
 def _collect(found: dict[str, str], value: Any, shown: str) -> None:
