@@ -6,6 +6,7 @@ Problems of severity ``"error"`` stop compilation; warnings are reported and let
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -53,10 +54,56 @@ def check_policy(
     catalog: Catalog,
     functions: Mapping[str, DecisionFunction],
 ) -> list[Problem]:
-    """Return every reference problem of ``policy`` against ``catalog`` and ``functions``."""
+    """Return every reference problem of ``policy`` against ``catalog`` and ``functions``.
+
+    Policies and catalogs are frozen, so the problems of the last policy checked are kept for
+    as long as that policy and catalog live: `compile_policy` after `sopagent check` of the
+    same objects (the CLI, the server and the test runner all do this) checks once.
+    """
+    last = _last_check
+    if (
+        last is not None
+        and last.policy() is policy
+        and last.catalog() is catalog
+        and last.functions == functions
+    ):
+        return list(last.problems)
     problems = _Checker(policy, catalog, functions).run()
     problems += check_properties(policy, catalog, functions)
-    return sorted(problems, key=Problem.sort_key)
+    problems.sort(key=Problem.sort_key)
+    _remember(policy, catalog, functions, problems)
+    return list(problems)
+
+
+class _Checked:
+    """The problems of one check; the policy and catalog are held weakly."""
+
+    __slots__ = ("catalog", "functions", "policy", "problems")
+
+    def __init__(
+        self,
+        policy: Policy,
+        catalog: Catalog,
+        functions: Mapping[str, DecisionFunction],
+        problems: list[Problem],
+    ) -> None:
+        self.policy = weakref.ref(policy)
+        self.catalog = weakref.ref(catalog)
+        self.functions = dict(functions)
+        self.problems = tuple(problems)
+
+
+_last_check: _Checked | None = None
+
+
+def _remember(
+    policy: Policy,
+    catalog: Catalog,
+    functions: Mapping[str, DecisionFunction],
+    problems: list[Problem],
+) -> None:
+    global _last_check  # noqa: PLW0603 (one slot, replaced by each check)
+    _last_check = _Checked(policy, catalog, functions, problems)
 
 
 class _Checker:

@@ -411,3 +411,58 @@ def test_compile_raises_for_errors_with_every_error(write_policy: Writer) -> Non
         ("SOP030", "state 'judge' is unreachable"),
         ("SOP030", "state 'limbo' is unreachable"),
     ]
+
+
+# --- the last check is remembered -----------------------------------------------------------
+
+
+def test_compile_after_a_check_of_the_same_objects_checks_once(
+    write_policy: Writer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sopagent check` then compile: the second check of the same frozen objects is reused."""
+    import sopagent._check as checking  # noqa: PLC0415
+
+    runs: list[int] = []
+    real = checking._Checker.run
+
+    def counted(self: checking._Checker) -> list[Problem]:
+        runs.append(1)
+        return real(self)
+
+    monkeypatch.setattr(checking._Checker, "run", counted)
+    wave = "  wave:\n    description: The user waves.\n    examples: [wave]\nslots:\n"
+    path = write_policy(policy=lambda text: text.replace("slots:\n", wave, 1))
+    policy = load_policy(path)
+    catalog = load_catalog(path.parent / policy.catalog)
+    functions, _ = resolve_decisions(policy)
+    first = check_policy(policy, catalog, functions)
+    assert runs == [1]
+    assert first == problems_of(path)  # new objects from the same files: checked again
+    assert runs == [1, 1]
+    first.clear()  # the caller's list is its own
+    again = check_policy(policy, catalog, functions)
+    assert runs == [1, 1, 1]  # only the last check is kept
+    assert again == problems_of(path)
+    compile_policy(load_policy(path))
+    assert runs == [1, 1, 1, 1, 1]
+    policy = load_policy(path)
+    catalog = load_catalog(path.parent / policy.catalog)
+    check_policy(policy, catalog, resolve_decisions(policy)[0])
+    compiled = compile_policy(policy, catalog)
+    assert runs == [1, 1, 1, 1, 1, 1]  # compile reused the check of the same objects
+    assert codes(list(compiled.warnings)) == codes(again) == ["SOP031"]
+
+
+def test_other_objects_are_checked_afresh(write_policy: Writer) -> None:
+    """A copy with a change, another catalog or other functions is never given old problems."""
+    path = write_policy()
+    policy = load_policy(path)
+    catalog = load_catalog(path.parent / policy.catalog)
+    functions, _ = resolve_decisions(policy)
+    assert check_policy(policy, catalog, functions) == []
+    broken = policy.model_copy(update={"initial": "nowhere"})
+    assert "SOP020" in codes(check_policy(broken, catalog, functions))
+    assert check_policy(policy, catalog, functions) == []
+    assert "SOP024" in codes(check_policy(policy, catalog, {}))
+    empty = catalog.model_copy(update={"responses": {}})
+    assert check_policy(policy, empty, functions) != []
