@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel
 from transitions import Machine
@@ -166,8 +166,9 @@ class _Work:
         return self._history
 
 
-@dataclass(frozen=True, slots=True)
-class _Classified:
+class _Classified(NamedTuple):
+    """What classification made of a message (a tuple: one is built on most turns)."""
+
     intent: str | None
     score: float
     source: Source
@@ -637,7 +638,7 @@ class Agent:
             responses = self._render(work, "")
             found_slots, invalid, accepted = {}, {}, False
             if classified.source != "none":
-                classified = replace(classified, source="error")
+                classified = classified._replace(source="error")
 
         # Commit.
         commit: dict[str, Any] = {}

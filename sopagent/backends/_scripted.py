@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
 
 from sopagent.backends import Choice, ChooseRequest, Classification, ClassifyRequest, Usage
 from sopagent.errors import BackendError
@@ -12,6 +13,7 @@ __all__ = ["ScriptedBackend"]
 
 Answer = str | Callable[[ClassifyRequest], str]
 _ONE_CALL = Usage(calls=1)  # immutable, so every answer shares it
+_NO_SLOTS: Mapping[str, str] = MappingProxyType({})
 
 
 class ScriptedBackend:
@@ -45,6 +47,8 @@ class ScriptedBackend:
         self._default = default
         self._choices: deque[str] = deque(choices)
         self._slots = dict(slots or {})
+        # Answers are immutable (their scores read-only), so each label's is made once.
+        self._answers: dict[str, Classification] = {}
         self.requests: list[ClassifyRequest] = []
 
     def classify(self, request: ClassifyRequest) -> Classification:
@@ -57,12 +61,14 @@ class ScriptedBackend:
             label = self._default
         if label is None:
             raise BackendError(f"no scripted label for {request.text!r}", provider=self.name)
-        slots = (
-            {k: v for k, v in self._slots.items() if k in request.slot_choices}
-            if self._slots
-            else {}
-        )
-        return Classification(label, 1.0, {label: 1.0}, slots, _ONE_CALL)
+        if self._slots:
+            slots = {k: v for k, v in self._slots.items() if k in request.slot_choices}
+            return Classification(label, 1.0, {label: 1.0}, slots, _ONE_CALL)
+        answer = self._answers.get(label)
+        if answer is None:
+            scores = MappingProxyType({label: 1.0})
+            answer = self._answers[label] = Classification(label, 1.0, scores, _NO_SLOTS, _ONE_CALL)
+        return answer
 
     def choose(self, request: ChooseRequest) -> Choice:
         """Answer with the next scripted response id, or the first option."""

@@ -24,7 +24,7 @@ from sopagent import (
     Turn,
     load_agent,
 )
-from sopagent.backends import Choice, ChooseRequest, Classification, ClassifyRequest
+from sopagent.backends import Choice, ChooseRequest, Classification, ClassifyRequest, Label
 
 MakeAgent = Callable[..., Agent]
 Writer = Callable[..., Path]
@@ -790,3 +790,23 @@ def test_normalizing_a_message_matches_the_punctuation_pattern(text: str) -> Non
     from sopagent._agent import _PUNCTUATION, _normalized  # noqa: PLC0415 (private helpers)
 
     assert _normalized(text) == _PUNCTUATION.sub(" ", text.lower())
+
+
+def test_scripted_answers_are_shared_and_read_only() -> None:
+    """A scripted label's answer is made once; nothing a caller does to it changes the next."""
+    labels = (Label("greet", "hello"), Label("out_of_scope", "anything else"))
+    backend = ScriptedBackend({"hi": "greet"}, default="out_of_scope")
+    first = backend.classify(ClassifyRequest(text="hi", labels=labels))
+    assert backend.classify(ClassifyRequest(text="HI ", labels=labels)) is first
+    assert (first.intent, dict(first.scores), dict(first.slots)) == ("greet", {"greet": 1.0}, {})
+    with pytest.raises(TypeError):
+        first.scores["greet"] = 0.0  # type: ignore[index]
+    other = backend.classify(ClassifyRequest(text="what", labels=labels))
+    assert other.intent == "out_of_scope"
+    assert [r.text for r in backend.requests] == ["hi", "HI ", "what"]
+    # With slots, each answer holds the slots its request asked for.
+    filled = ScriptedBackend(["greet", "greet"], slots={"size": "large"})
+    wanted = {"size": (Label("large", "large"),)}
+    asked = filled.classify(ClassifyRequest(text="x", labels=labels, slot_choices=wanted))
+    assert dict(asked.slots) == {"size": "large"}
+    assert dict(filled.classify(ClassifyRequest(text="x", labels=labels)).slots) == {}
