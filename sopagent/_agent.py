@@ -704,7 +704,11 @@ class Agent:
             responses=responses,
             effects=() if failed or not work.effects else tuple(work.effects),
             pending=False,
-            **_cost(usage, started),
+            model_calls=usage.calls,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cached_tokens=usage.cached_tokens,
+            latency_ms=round((time.perf_counter() - started) * 1000, 3),
             error=error,
             ended=session.ended,
         )
@@ -795,12 +799,7 @@ class Agent:
         else:
             labels, vocabulary, key = state.labels, self.compiled.vocabulary, state.key
         request = ClassifyRequest(
-            text=text,
-            labels=labels,
-            vocabulary=vocabulary,
-            slot_choices=enum_needed,
-            key=key,
-            instructions=self.compiled.policy.description,
+            text, labels, vocabulary, enum_needed, key, self.compiled.policy.description
         )
         answer = self.backend.classify(request)
         if answer.intent not in state.allowed:
@@ -1180,7 +1179,12 @@ class Agent:
             return None
         if turn.state_before in self._collects_personal:
             return None
-        return self.redactor.scrub_values(turn.user_text, turn.slots, session.slots, session.facts)
+        sources = (turn.slots, session.slots, session.facts)
+        for name in self._personal:
+            for values in sources:
+                if name in values:
+                    return self.redactor.scrub_values(turn.user_text, *sources)
+        return turn.user_text  # no personal value is known yet
 
     def _audited_effect(self, effect: Effect) -> dict[str, Any]:
         return {"name": effect.name, "args": self.redactor.effect_args(effect.name, effect.args)}
