@@ -12,7 +12,8 @@ shared by all figures. A child process measures, in this order:
   also, in other children, with the garbage collector left running during the load, as the
   loader did before it paused it (``sopagent._load.collection_paused``);
 * **check**: every rule of `sopagent check` on the loaded policy (`check_loaded`);
-* **compile**: `compile_policy` on the same objects (its reference checks, the machine).
+* **compile**: `compile_policy` on the same objects (the reference check, which it reuses
+  from the check just made on them, and the transitions machine).
 
 A second child per size measures peak Python memory with tracemalloc (which slows the code, so
 its times are not used): peak while loading and checking, and peak while compiling. A third
