@@ -57,8 +57,8 @@ def check_policy(
     """Return every reference problem of ``policy`` against ``catalog`` and ``functions``.
 
     Policies and catalogs are frozen, so the problems of the last policy checked are kept for
-    as long as that policy and catalog live: `compile_policy` after `sopagent check` of the
-    same objects (the CLI, the server and the test runner all do this) checks once.
+    as long as that policy and catalog live: `compile_policy` after a full check
+    (`check_loaded`) of the same objects checks once.
     """
     last = _last_check
     if (
