@@ -21,6 +21,7 @@ import uuid
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from operator import attrgetter
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple
 
@@ -84,6 +85,9 @@ _ASCII_PUNCTUATION = bytes(
     ord(" ") if c < 128 and _PUNCTUATION.match(chr(c)) else c for c in range(256)
 )
 _NO_OUTCOMES: Mapping[str, str] = MappingProxyType({})
+# A line's id and hash, read in C (a comprehension is a function call of its own).
+_ID = attrgetter("id")
+_HASH = attrgetter("hash")
 # JSON values that are hashable as they are, so their rendering can be remembered.
 _SCALARS = (str, int, float)
 _SHOWN_MAX = 4096
@@ -671,7 +675,7 @@ class Agent:
                 user=text,
                 intent=classified.intent,
                 state=session.state,
-                responses=tuple([u.id for u in responses]),
+                responses=tuple(map(_ID, responses)),
             )
         )
         remember = self._remember
@@ -1215,8 +1219,8 @@ class Agent:
                 "decisions": [f"{d.function}={d.outcome}" for d in turn.decisions]
                 if turn.decisions
                 else [],
-                "responses": [u.id for u in responses],
-                "response_hashes": [u.hash for u in responses],
+                "responses": list(map(_ID, responses)),
+                "response_hashes": list(map(_HASH, responses)),
                 "locale": session.locale,
                 "effects": [self._audited_effect(e) for e in turn.effects] if turn.effects else [],
                 "backend": self.backend.name,
