@@ -5,7 +5,9 @@ against raw transitions), ``instructions.py`` (the same in instructions, under c
 ``sessions.py`` (memory of 100,000 live sessions, restoring one),
 ``check_scale.py`` (load, check and compile of generated policies of 100 to 10,000 states),
 ``start.py`` (import and ``sopagent chat`` start-up), ``embedded_turns.py`` (turns on the
-embedded model against a raw llama.cpp forward pass, tokens per turn), ``clinc_eval.py``
+embedded model against a raw llama.cpp forward pass, tokens per turn), ``hosted_tokens.py``
+(tokens per turn through the OpenAI backend and a real server, with and without prefix
+reuse), ``clinc_eval.py``
 (intent accuracy on CLINC150) and ``npc.py`` (game NPCs). Their own output goes to stderr;
 stdout gets one markdown table with machine information on top, then the performance targets
 with the figure that decides each, its baseline, the ratio and whether it is met.
@@ -38,6 +40,7 @@ BENCHMARKS = (
     "check_scale",
     "start",
     "embedded_turns",
+    "hosted_tokens",
     "clinc_eval",
     "npc",
 )
