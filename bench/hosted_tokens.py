@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from _report import markdown, mean, median, row, write_json
+from _serve import free_port, wait_http
 from embedded_turns import CONVERSATIONS, POLICY, RASA_CALM, forget_refunds
 
 import sopagent
@@ -42,13 +42,6 @@ from sopagent.audit import NullSink
 
 _REUSED = re.compile(r"Llama\.generate: (\d+) prefix-match hit")
 _WHOLE = "Llama.generate: full prompt already cached"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Server:
@@ -74,20 +67,16 @@ class Server:
         )
         self._read = 0
 
-    def wait(self, seconds: float = 120) -> str:
+    def wait(self) -> str:
         """The model id, once ``GET /v1/models`` answers."""
         import openai  # noqa: PLC0415
 
-        deadline = time.monotonic() + seconds
-        with openai.OpenAI(base_url=self.base_url, api_key="local", max_retries=0, timeout=2) as c:
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise SystemExit(f"the server exited:\n{self.tail()}")
-                try:
-                    return str(c.models.list().data[0].id)
-                except openai.APIError:
-                    time.sleep(0.5)
-        raise SystemExit(f"the server did not answer in {seconds:.0f} s:\n{self.tail()}")
+        try:
+            wait_http(self.port, self.process, "/v1/models")
+        except RuntimeError as exc:
+            raise SystemExit(f"{exc}:\n{self.tail()}") from None
+        with openai.OpenAI(base_url=self.base_url, api_key="local", max_retries=0) as client:
+            return str(client.models.list().data[0].id)
 
     def new_lines(self) -> str:
         """What the server logged since the last call."""

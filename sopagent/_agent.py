@@ -708,11 +708,7 @@ class Agent:
             responses=responses,
             effects=() if failed or not work.effects else tuple(work.effects),
             pending=False,
-            model_calls=usage.calls,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            cached_tokens=usage.cached_tokens,
-            latency_ms=round((time.perf_counter() - started) * 1000, 3),
+            **_cost(usage, started),
             error=error,
             ended=session.ended,
         )
@@ -1183,12 +1179,7 @@ class Agent:
             return None
         if turn.state_before in self._collects_personal:
             return None
-        sources = (turn.slots, session.slots, session.facts)
-        for name in self._personal:
-            for values in sources:
-                if name in values:
-                    return self.redactor.scrub_values(turn.user_text, *sources)
-        return turn.user_text  # no personal value is known yet
+        return self.redactor.scrub_values(turn.user_text, turn.slots, session.slots, session.facts)
 
     def _audited_effect(self, effect: Effect) -> dict[str, Any]:
         return {"name": effect.name, "args": self.redactor.effect_args(effect.name, effect.args)}

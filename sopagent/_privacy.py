@@ -109,7 +109,11 @@ class Redactor:
         """
         if not text or not self.modes:
             return text
-        return self.scrub(text, self.personal(*sources, within=text))
+        for name in self.modes:
+            for values in sources:
+                if name in values:
+                    return self.scrub(text, self.personal(*sources, within=text))
+        return text  # no personal value is known yet
 
     def scrub(self, text: str, personal: Mapping[str, str]) -> str:
         """``text`` with every personal value in it (any letter case) replaced."""
