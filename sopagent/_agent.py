@@ -139,27 +139,30 @@ class Heard:
 class _Work:
     """A turn's scratch copy of the session; committed only if the turn succeeds."""
 
+    # What the session gives, first: a turn passes these positionally (binding keywords
+    # costs more than building the rest).
     state: str
     slots: dict[str, Any]
     facts: dict[str, Any]
-    path: list[str] = field(default_factory=list)
-    said: list[tuple[str, ...]] = field(default_factory=list)
-    decisions: list[DecisionRecord] = field(default_factory=list)
-    ended: bool = False
-    steps: int = 0
-    usage: Usage = _NO_USAGE
     session_id: str = ""
     turn: int = 0
     past: list[SessionTurn] = field(default_factory=list)
     locale: str | None = None
     seed: int = 0
     index: int = 0
+    forced: Mapping[str, str] = field(default_factory=dict)
+    # What the turn does.
+    path: list[str] = field(default_factory=list)
+    said: list[tuple[str, ...]] = field(default_factory=list)
+    decisions: list[DecisionRecord] = field(default_factory=list)
+    ended: bool = False
+    steps: int = 0
+    usage: Usage = _NO_USAGE
     picks: int = 0
     effects: list[Effect] = field(default_factory=list)
     chosen: list[str] = field(default_factory=list)
     replayed: deque[str] | None = None
     replay_error: str | None = None
-    forced: Mapping[str, str] = field(default_factory=dict)
     _history: Sequence[HistoryItem] | None = None
 
     @property
@@ -399,10 +402,10 @@ class Agent:
                 or has the wrong type, or a forced decision names an unknown function or
                 an outcome it does not declare.
         """
-        self.check_intent(intent)
-        return self._turn(
-            session, text, intent, facts=facts, outcomes=self._forced_outcomes(decisions)
-        )
+        if intent is not None:
+            self.check_intent(intent)
+        forced = self._forced_outcomes(decisions) if decisions else _NO_OUTCOMES
+        return self._turn(session, text, intent, facts=facts, outcomes=forced)
 
     def check_intent(self, intent: str | None) -> None:
         """Raise ValueError unless ``intent`` is None, out_of_scope or one of the policy's."""
@@ -514,13 +517,13 @@ class Agent:
             session.state,
             dict(session.slots),
             dict(session.facts),
-            session_id=session.id,
-            turn=session.turns,
-            past=session.history,
-            locale=session.locale,
-            seed=session.seed,
-            index=session.turns + (text is not None),
-            forced=outcomes or _NO_OUTCOMES,
+            session.id,
+            session.turns,
+            session.history,
+            session.locale,
+            session.seed,
+            session.turns + (text is not None),
+            outcomes or _NO_OUTCOMES,
         )
         if heard is not None:
             work.replayed = deque(heard.choices)
@@ -669,13 +672,14 @@ class Agent:
                 },
             )
         index = session.turns if text is not None else 0
+        said = tuple(map(_ID, responses))
         session.history.append(
             trusted(
                 SessionTurn,
                 user=text,
                 intent=classified.intent,
                 state=session.state,
-                responses=tuple(map(_ID, responses)),
+                responses=said,
             )
         )
         remember = self._remember
@@ -686,7 +690,9 @@ class Agent:
                 understood = replace(understood, choices=tuple(work.chosen))
             tape.append(understood)
         slot_types = compiled.slot_types
-        # Fields in their declared order, all given: `trusted` then keeps the keyword dict.
+        # Fields in their declared order, all given (the cost fields too, not through `_cost`:
+        # merging a dict into the keywords costs more than the fields): `trusted` then keeps
+        # the keyword dict.
         turn = trusted(
             Turn,
             session_id=session.id,
@@ -708,11 +714,15 @@ class Agent:
             responses=responses,
             effects=() if failed or not work.effects else tuple(work.effects),
             pending=False,
-            **_cost(usage, started),
+            model_calls=usage.calls,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cached_tokens=usage.cached_tokens,
+            latency_ms=round((time.perf_counter() - started) * 1000, 3),
             error=error,
             ended=session.ended,
         )
-        self._emit(session, turn, self._allowed[state_before])
+        self._emit(session, turn, self._allowed[state_before], said)
         return turn
 
     def _too_long(self, text: str) -> str:
@@ -776,7 +786,7 @@ class Agent:
     ) -> _Classified:
         if forced is not None:
             return _Classified(forced, 1.0, "forced", _NO_USAGE, {})
-        table = self._local(locale)
+        table = None if locale is None else self._local(locale)
         local = table is not None and table.vocabulary is not None
         normalized = " ".join(_normalized(text).split())
         examples = table.examples[state.name] if table is not None and local else state.examples
@@ -1094,7 +1104,7 @@ class Agent:
     def _render(self, work: _Work, text: str) -> tuple[Utterance, ...]:
         compiled = self.compiled
         out: list[Utterance] = []
-        table = self._local(work.locale)
+        table = None if work.locale is None else self._local(work.locale)
         source = compiled.catalog.locale
         for group in work.said:
             response = group[0]
@@ -1169,59 +1179,64 @@ class Agent:
         work.chosen.append(answer.response)
         return answer.response
 
-    def _audited_text(self, session: Session, turn: Turn) -> str | None:
-        """The user's text for the audit log, unless it may hold a personal slot value.
+    def _audited_text(
+        self, session: Session, text: str | None, state: str, found: Mapping[str, Any]
+    ) -> str | None:
+        """The user's ``text`` for the audit log, unless it may hold a personal slot value.
 
         Text said where a personal slot is collected is left out; elsewhere the personal
-        values known in the turn and the session are replaced in it.
+        values known in the turn (``found``) and the session are replaced in it.
         """
-        if not self._audit_text or turn.user_text is None:
+        if not self._audit_text or text is None or state in self._collects_personal:
             return None
-        if turn.state_before in self._collects_personal:
-            return None
-        return self.redactor.scrub_values(turn.user_text, turn.slots, session.slots, session.facts)
+        return escape_hidden(self.redactor.scrub_values(text, found, session.slots, session.facts))
 
     def _audited_effect(self, effect: Effect) -> dict[str, Any]:
         return {"name": effect.name, "args": self.redactor.effect_args(effect.name, effect.args)}
 
-    def _emit(self, session: Session, turn: Turn, allowed: tuple[str, ...]) -> None:
+    def _emit(
+        self, session: Session, turn: Turn, allowed: tuple[str, ...], said: tuple[str, ...]
+    ) -> None:
+        """Send the turn's audit event; ``said`` holds its response ids."""
         if type(self.audit) is NullSink:
             return  # no event is built for a sink that drops it
-        found = turn.slots
-        responses = turn.responses
-        text = self._audited_text(session, turn)
+        # The turn's fields, read from its dict: a lookup there is cheaper than an attribute.
+        t = turn.__dict__
+        found = t["slots"]
+        invalid = t["invalid_slots"]
+        decisions = t["decisions"]
+        effects = t["effects"]
+        state_before = t["state_before"]
         self.audit.emit(
             {
                 "policy": self._policy_name,
                 "policy_hash": self.compiled.hash,
                 "session_id": session.id,
-                "turn": turn.index,
-                "text": None if text is None else escape_hidden(text),
+                "turn": t["index"],
+                "text": self._audited_text(session, t["user_text"], state_before, found),
                 "redacted": sorted(self._personal.intersection(found)) if found else [],
-                "state_before": turn.state_before,
-                "state_after": turn.state_after,
-                "path": list(turn.path),
-                "intent": turn.intent,
-                "score": turn.score,
-                "intent_source": turn.intent_source,
+                "state_before": state_before,
+                "state_after": t["state_after"],
+                "path": list(t["path"]),
+                "intent": t["intent"],
+                "score": t["score"],
+                "intent_source": t["intent_source"],
                 "allowed": list(allowed),
                 "slots": self.redactor.values(found) if found else {},
-                "invalid_slots": sorted(turn.invalid_slots) if turn.invalid_slots else [],
-                "decisions": [f"{d.function}={d.outcome}" for d in turn.decisions]
-                if turn.decisions
-                else [],
-                "responses": list(map(_ID, responses)),
-                "response_hashes": list(map(_HASH, responses)),
+                "invalid_slots": sorted(invalid) if invalid else [],
+                "decisions": [f"{d.function}={d.outcome}" for d in decisions] if decisions else [],
+                "responses": list(said),
+                "response_hashes": list(map(_HASH, t["responses"])),
                 "locale": session.locale,
-                "effects": [self._audited_effect(e) for e in turn.effects] if turn.effects else [],
+                "effects": [self._audited_effect(e) for e in effects] if effects else [],
                 "backend": self.backend.name,
-                "answered_by": turn.answered_by,
-                "model_calls": turn.model_calls,
-                "prompt_tokens": turn.prompt_tokens,
-                "completion_tokens": turn.completion_tokens,
-                "latency_ms": turn.latency_ms,
-                "error": turn.error,
-                "ended": turn.ended,
+                "answered_by": t["answered_by"],
+                "model_calls": t["model_calls"],
+                "prompt_tokens": t["prompt_tokens"],
+                "completion_tokens": t["completion_tokens"],
+                "latency_ms": t["latency_ms"],
+                "error": t["error"],
+                "ended": t["ended"],
             }
         )
 

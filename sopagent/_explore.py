@@ -791,7 +791,9 @@ class _Adversary(Recorder):
         return ()
 
     @override
-    def _emit(self, session: Session, turn: Turn, allowed: tuple[str, ...]) -> None:
+    def _emit(
+        self, session: Session, turn: Turn, allowed: tuple[str, ...], said: tuple[str, ...]
+    ) -> None:
         """Abstract turns are not audited."""
 
 

@@ -244,16 +244,20 @@ def trusted(cls: type[_Model], **fields: Any) -> _Model:
             if name not in fields:
                 values[name] = factory(values) if takes_data else factory()
     model = _new(cls)
-    _set(model, "__dict__", values)
-    _set(model, "__pydantic_fields_set__", shape.fields)
-    _set(model, "__pydantic_extra__", None)
-    _set(model, "__pydantic_private__", None)
+    _set_dict(model, values)
+    _set_fields_set(model, shape.fields)
+    _set_extra(model, None)
+    _set_private(model, None)
     return model
 
 
-# What a model's own __new__ and __setattr__ come down to, without their bookkeeping.
+# What a model's own __new__ and __setattr__ come down to, without their bookkeeping: the
+# slots BaseModel declares are written through their descriptors, as __setattr__ would.
 _new = object.__new__
-_set = object.__setattr__
+_set_dict = BaseModel.__dict__["__dict__"].__set__
+_set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
+_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
 
 
 def _share_fields(model: BaseModel) -> None:
