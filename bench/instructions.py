@@ -24,6 +24,7 @@ valgrind``); without it the benchmark reports that and exits 0.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -84,7 +85,10 @@ def collected(valgrind: str, mode: str, reps: int) -> int:
         mode,
         str(reps),
     ]
-    done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=HERE)
+    # One string-hash seed for every child: dicts and sets then probe alike in each run, so
+    # two runs of the same code count the same instructions.
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=HERE, env=env)
     found = _COLLECTED.search(done.stderr)
     if found is None:
         raise SystemExit(f"callgrind printed no total for {mode}:\n{done.stderr[-2000:]}")

@@ -1004,14 +1004,15 @@ class Agent:
         if reads is not None:
             slots = {k: v for k, v in slots.items() if k in reads}
             facts = {k: v for k, v in facts.items() if k in reads}
-        context = Context.build(
-            state=state.name,
-            intent=intent,
-            slots={k: compiled.slot_types[k].from_json(v) for k, v in slots.items()},
-            facts={k: compiled.fact_types[k].from_json(v) for k, v in facts.items()},
-            history=work.history,
-            session_id=work.session_id,
-            turn=work.turn,
+        # What `Context.build` makes, from dicts made here for it (so not copied again).
+        context = Context(
+            state.name,
+            intent,
+            MappingProxyType({k: compiled.slot_types[k].from_json(v) for k, v in slots.items()}),
+            MappingProxyType({k: compiled.fact_types[k].from_json(v) for k, v in facts.items()}),
+            work.history,
+            work.session_id,
+            work.turn,
         )
         try:
             if self._runner is None:
@@ -1035,8 +1036,12 @@ class Agent:
                 f"{name} returned undeclared outcome {result.name!r}", function=name
             )
         for target, types, kind in (
-            (work.slots, compiled.slot_types, "slot"),
-            (work.facts, compiled.fact_types, "fact"),
+            (
+                (work.slots, compiled.slot_types, "slot"),
+                (work.facts, compiled.fact_types, "fact"),
+            )
+            if result.slots or result.facts
+            else ()
         ):
             updates = result.slots if kind == "slot" else result.facts
             for key, value in updates.items():
