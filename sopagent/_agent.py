@@ -672,14 +672,14 @@ class Agent:
                 },
             )
         index = session.turns if text is not None else 0
-        said = tuple(map(_ID, responses))
+        ids = tuple(map(_ID, responses))
         session.history.append(
             trusted(
                 SessionTurn,
                 user=text,
                 intent=classified.intent,
                 state=session.state,
-                responses=said,
+                responses=ids,
             )
         )
         remember = self._remember
@@ -722,7 +722,7 @@ class Agent:
             error=error,
             ended=session.ended,
         )
-        self._emit(session, turn, self._allowed[state_before], said)
+        self._emit(session, turn, self._allowed[state_before], ids)
         return turn
 
     def _too_long(self, text: str) -> str:
@@ -1035,28 +1035,8 @@ class Agent:
             raise DecisionError(
                 f"{name} returned undeclared outcome {result.name!r}", function=name
             )
-        for target, types, kind in (
-            (
-                (work.slots, compiled.slot_types, "slot"),
-                (work.facts, compiled.fact_types, "fact"),
-            )
-            if result.slots or result.facts
-            else ()
-        ):
-            updates = result.slots if kind == "slot" else result.facts
-            for key, value in updates.items():
-                slot_type = types.get(key)
-                if slot_type is None:
-                    raise DecisionError(f"{name} set undeclared {kind} {key!r}", function=name)
-                if value is None:
-                    target.pop(key, None)
-                    continue
-                try:
-                    target[key] = slot_type.to_json(slot_type.validate(value))
-                except ValueError as exc:
-                    raise DecisionError(
-                        f"{name} set {kind} {key!r} to an invalid value: {exc}", function=name
-                    ) from exc
+        if result.slots or result.facts:
+            self._set_values(work, name, result)
         promised = getattr(function, "__sopagent_sets__", {}).get(result.name, ())
         empty = [key for key in promised if key not in work.slots and key not in work.facts]
         if empty:
@@ -1092,6 +1072,27 @@ class Agent:
                 )
         work.decisions.append(self._record(state.name, name, result.name))
         return result.name
+
+    def _set_values(self, work: _Work, name: str, result: Outcome) -> None:
+        """Validate and store the slot and fact values decision ``name`` returned."""
+        compiled = self.compiled
+        for target, types, kind, updates in (
+            (work.slots, compiled.slot_types, "slot", result.slots),
+            (work.facts, compiled.fact_types, "fact", result.facts),
+        ):
+            for key, value in updates.items():
+                slot_type = types.get(key)
+                if slot_type is None:
+                    raise DecisionError(f"{name} set undeclared {kind} {key!r}", function=name)
+                if value is None:
+                    target.pop(key, None)
+                    continue
+                try:
+                    target[key] = slot_type.to_json(slot_type.validate(value))
+                except ValueError as exc:
+                    raise DecisionError(
+                        f"{name} set {kind} {key!r} to an invalid value: {exc}", function=name
+                    ) from exc
 
     def _record(self, state: str, function: str, outcome: str) -> DecisionRecord:
         """The record of a decision that ran; immutable, so one per outcome serves every turn."""
@@ -1200,9 +1201,9 @@ class Agent:
         return {"name": effect.name, "args": self.redactor.effect_args(effect.name, effect.args)}
 
     def _emit(
-        self, session: Session, turn: Turn, allowed: tuple[str, ...], said: tuple[str, ...]
+        self, session: Session, turn: Turn, allowed: tuple[str, ...], ids: tuple[str, ...]
     ) -> None:
-        """Send the turn's audit event; ``said`` holds its response ids."""
+        """Send the turn's audit event; ``ids`` are its response ids, as its history entry has."""
         if type(self.audit) is NullSink:
             return  # no event is built for a sink that drops it
         # The turn's fields, read from its dict: a lookup there is cheaper than an attribute.
@@ -1230,7 +1231,7 @@ class Agent:
                 "slots": self.redactor.values(found) if found else {},
                 "invalid_slots": sorted(invalid) if invalid else [],
                 "decisions": [f"{d.function}={d.outcome}" for d in decisions] if decisions else [],
-                "responses": list(said),
+                "responses": list(ids),
                 "response_hashes": list(map(_HASH, t["responses"])),
                 "locale": session.locale,
                 "effects": [self._audited_effect(e) for e in effects] if effects else [],

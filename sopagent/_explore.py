@@ -792,7 +792,7 @@ class _Adversary(Recorder):
 
     @override
     def _emit(
-        self, session: Session, turn: Turn, allowed: tuple[str, ...], said: tuple[str, ...]
+        self, session: Session, turn: Turn, allowed: tuple[str, ...], ids: tuple[str, ...]
     ) -> None:
         """Abstract turns are not audited."""
 
