@@ -403,17 +403,19 @@ def run(quick: bool = False) -> dict[str, Any]:
             base_name = f"raw: {len(fired)} trigger{'s' if len(fired) > 1 else ''}"
         else:
             baseline, base_name = raw_one, "1 raw trigger; the turn fires none"
-        rows.append(
+        # Both sinks: the framework-turn target is decided with MemorySink.
+        rows += [
             row(
-                f"turn kind '{kind}' (NullSink)",
-                us[f"null {kind}"],
+                f"turn kind '{kind}' ({label})",
+                us[f"{sink} {kind}"],
                 "µs",
                 baseline=baseline,
                 baseline_name=base_name,
-                n=len(samples[f"null {kind}"]),
+                n=len(samples[f"{sink} {kind}"]),
                 note=" -> ".join(f"{s}:{t}" for s, t in fired),
             )
-        )
+            for sink, label in (("null", "NullSink"), ("memory", "MemorySink"))
+        ]
     # The same turn on a short history (against a raw trigger) and at the cap (against itself).
     for label, key in (("steady turn", "steady"), ("decision turn", "decide")):
         rows += [
