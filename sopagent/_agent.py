@@ -1004,12 +1004,12 @@ class Agent:
         if reads is not None:
             slots = {k: v for k, v in slots.items() if k in reads}
             facts = {k: v for k, v in facts.items() if k in reads}
-        # What `Context.build` makes, from dicts made here for it (so not copied again).
-        context = Context(
+        # The typed dicts are made here for the context alone, so they need no second copy.
+        context = Context._over(
             state.name,
             intent,
-            MappingProxyType({k: compiled.slot_types[k].from_json(v) for k, v in slots.items()}),
-            MappingProxyType({k: compiled.fact_types[k].from_json(v) for k, v in facts.items()}),
+            {k: compiled.slot_types[k].from_json(v) for k, v in slots.items()},
+            {k: compiled.fact_types[k].from_json(v) for k, v in facts.items()},
             work.history,
             work.session_id,
             work.turn,

@@ -146,14 +146,28 @@ class Context:
         turn: int,
     ) -> Context:
         """Build a context whose mappings are read-only views of copies."""
+        return cls._over(state, intent, dict(slots), dict(facts), history, session_id, turn)
+
+    @classmethod
+    def _over(
+        cls,
+        state: str,
+        intent: str | None,
+        slots: dict[str, Any],
+        facts: dict[str, Any],
+        history: Sequence[HistoryItem],
+        session_id: str,
+        turn: int,
+    ) -> Context:
+        """A context over ``slots`` and ``facts`` themselves: dicts nothing else holds."""
         return cls(
-            state=state,
-            intent=intent,
-            slots=MappingProxyType(dict(slots)),
-            facts=MappingProxyType(dict(facts)),
-            history=history,
-            session_id=session_id,
-            turn=turn,
+            state,
+            intent,
+            MappingProxyType(slots),
+            MappingProxyType(facts),
+            history,
+            session_id,
+            turn,
         )
 
 
