@@ -43,9 +43,9 @@ from sopagent.audit import AuditSink, NullSink, StructlogSink
 from sopagent.backends import (
     Backend,
     ChooseRequest,
-    ClassifyRequest,
     Label,
     Usage,
+    _new_request,
 )
 from sopagent.decisions import (
     Context,
@@ -65,6 +65,8 @@ from sopagent.session import (
     SessionUsage,
     Turn,
     Utterance,
+    adopt,
+    blank,
     trusted,
 )
 
@@ -72,6 +74,40 @@ __all__ = ["Agent"]
 
 # Usage is immutable: the turns that cost nothing share one.
 _NO_USAGE = Usage()
+# A turn's fields and its audit event's keys, in order: each turn fills a copy.
+_TURN = blank(Turn)
+_EVENT = dict.fromkeys(
+    (
+        "policy",
+        "policy_hash",
+        "session_id",
+        "turn",
+        "text",
+        "redacted",
+        "state_before",
+        "state_after",
+        "path",
+        "intent",
+        "score",
+        "intent_source",
+        "allowed",
+        "slots",
+        "invalid_slots",
+        "decisions",
+        "responses",
+        "response_hashes",
+        "locale",
+        "effects",
+        "backend",
+        "answered_by",
+        "model_calls",
+        "prompt_tokens",
+        "completion_tokens",
+        "latency_ms",
+        "error",
+        "ended",
+    )
+)
 _WORD = re.compile(r"[\w']+")
 # Words that may surround slot values without changing what a message means.
 _FILLER = frozenset({
@@ -135,35 +171,57 @@ class Heard:
     error: str | None = None
 
 
-@dataclass(slots=True)
 class _Work:
-    """A turn's scratch copy of the session; committed only if the turn succeeds."""
+    """A turn's scratch copy of the session; committed only if the turn succeeds.
 
-    # What the session gives, first: a turn passes these positionally (binding keywords
-    # costs more than building the rest).
-    state: str
-    slots: dict[str, Any]
-    facts: dict[str, Any]
-    session_id: str = ""
-    turn: int = 0
-    past: list[SessionTurn] = field(default_factory=list)
-    locale: str | None = None
-    seed: int = 0
-    index: int = 0
-    forced: Mapping[str, str] = field(default_factory=dict)
-    # What the turn does.
-    path: list[str] = field(default_factory=list)
-    said: list[tuple[str, ...]] = field(default_factory=list)
-    decisions: list[DecisionRecord] = field(default_factory=list)
-    ended: bool = False
-    steps: int = 0
-    usage: Usage = _NO_USAGE
-    picks: int = 0
-    effects: list[Effect] = field(default_factory=list)
-    chosen: list[str] = field(default_factory=list)
-    replayed: deque[str] | None = None
-    replay_error: str | None = None
-    _history: Sequence[HistoryItem] | None = None
+    Built on every turn: its ``__init__`` is written out, so that each list is a list display
+    rather than a call to a default factory.
+    """
+
+    __slots__ = (
+        "_history", "chosen", "decisions", "effects", "ended", "facts", "forced", "index",
+        "locale", "past", "path", "picks", "replay_error", "replayed", "said", "seed",
+        "session_id", "slots", "state", "steps", "turn", "usage",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        state: str,
+        slots: dict[str, Any],
+        facts: dict[str, Any],
+        session_id: str = "",
+        turn: int = 0,
+        past: list[SessionTurn] | None = None,
+        locale: str | None = None,
+        seed: int = 0,
+        index: int = 0,
+        forced: Mapping[str, str] = _NO_OUTCOMES,
+    ) -> None:
+        # What the session gives: a turn passes these positionally (binding keywords costs
+        # more than building the rest).
+        self.state = state
+        self.slots = slots
+        self.facts = facts
+        self.session_id = session_id
+        self.turn = turn
+        self.past: list[SessionTurn] = [] if past is None else past
+        self.locale = locale
+        self.seed = seed
+        self.index = index
+        self.forced = forced
+        # What the turn does.
+        self.path: list[str] = []
+        self.said: list[tuple[str, ...]] = []
+        self.decisions: list[DecisionRecord] = []
+        self.ended = False
+        self.steps = 0
+        self.usage: Usage = _NO_USAGE
+        self.picks = 0
+        self.effects: list[Effect] = []
+        self.chosen: list[str] = []
+        self.replayed: deque[str] | None = None
+        self.replay_error: str | None = None
+        self._history: Sequence[HistoryItem] | None = None
 
     @property
     def history(self) -> Sequence[HistoryItem]:
@@ -506,29 +564,33 @@ class Agent:
                 f"session {session.id} was started on policy {session.policy}"
                 f" {session.policy_hash}, not {compiled.name} {compiled.hash}"
             )
-        if session.state not in compiled.states:
-            raise SessionError(f"session {session.id} is in unknown state {session.state!r}")
-        if text is None and session.started:
+        # The session's fields, read once: a model's attribute costs more than a local.
+        state_before = session.state
+        opened = session.started
+        turns = session.turns
+        history = session.history
+        if state_before not in compiled.states:
+            raise SessionError(f"session {session.id} is in unknown state {state_before!r}")
+        if text is None and opened:
             return self._empty_turn(session)
         clean = text
         if text is not None:
             text, clean = received(text)
         work = _Work(
-            session.state,
+            state_before,
             dict(session.slots),
             dict(session.facts),
             session.id,
-            session.turns,
-            session.history,
+            turns,
+            history,
             session.locale,
             session.seed,
-            session.turns + (text is not None),
+            turns + (text is not None),
             outcomes or _NO_OUTCOMES,
         )
         if heard is not None:
             work.replayed = deque(heard.choices)
             work.replay_error = heard.error
-        state_before = session.state
         understood: Heard | None = None
         classified = _UNHEARD
         found_slots: dict[str, Any] = {}
@@ -539,16 +601,16 @@ class Agent:
         usage = _NO_USAGE
         try:
             if text is None:
-                if not session.started:
+                if not opened:
                     _update(work.facts, given)
-                    self._enter(work, session.state, None)
+                    self._enter(work, state_before, None)
             elif session.ended:
                 error = "the conversation has ended"
             else:
                 if given:
                     _update(work.facts, given)
-                if not session.started:
-                    self._enter(work, session.state, None)
+                if not opened:
+                    self._enter(work, state_before, None)
                 state = compiled.states[work.state]
                 if len(text) > self._max_input:
                     message = self._too_long(text)
@@ -630,7 +692,7 @@ class Agent:
                 usage = classified.usage
             chosen = work.chosen
             work = _Work(
-                session.state,
+                state_before,
                 dict(session.slots),
                 dict(session.facts),
                 locale=session.locale,
@@ -649,16 +711,19 @@ class Agent:
 
         # Commit.
         commit: dict[str, Any] = {}
-        if not failed and (text is not None or not session.started):
+        if not failed and (text is not None or not opened):
+            state_after, ended = work.state, session.ended or work.ended
             commit = {
-                "state": work.state,
+                "state": state_after,
                 "slots": work.slots,
                 "facts": work.facts,
-                "ended": session.ended or work.ended,
+                "ended": ended,
                 "started": True,
             }
+        else:
+            state_after, ended = state_before, session.ended
         if text is not None:
-            commit["turns"] = session.turns + 1
+            commit["turns"] = turns = turns + 1
         _assign(session, commit)
         if usage.calls or usage.prompt_tokens or usage.completion_tokens:
             spent = session.usage
@@ -671,57 +736,58 @@ class Agent:
                     "cached_tokens": spent.cached_tokens + usage.cached_tokens,
                 },
             )
-        index = session.turns if text is not None else 0
+        index = turns if text is not None else 0
         ids = tuple(map(_ID, responses))
-        session.history.append(
-            trusted(
+        history.append(
+            adopt(
                 SessionTurn,
-                user=text,
-                intent=classified.intent,
-                state=session.state,
-                responses=ids,
+                {
+                    "user": text,
+                    "intent": classified.intent,
+                    "state": state_after,
+                    "responses": ids,
+                },
             )
         )
         remember = self._remember
-        if len(session.history) > remember:
-            del session.history[: len(session.history) - remember]
+        if len(history) > remember:
+            del history[: len(history) - remember]
         if tape is not None:
             if understood is not None and work.chosen:
                 understood = replace(understood, choices=tuple(work.chosen))
             tape.append(understood)
         slot_types = compiled.slot_types
-        # Fields in their declared order, all given (the cost fields too, not through `_cost`:
-        # merging a dict into the keywords costs more than the fields): `trusted` then keeps
-        # the keyword dict.
-        turn = trusted(
-            Turn,
-            session_id=session.id,
-            index=index,
-            user_text=text,
-            state_before=state_before,
-            state_after=session.state,
-            path=tuple(work.path),
-            intent=classified.intent,
-            score=round(classified.score, 4),
-            intent_source=classified.source,
-            answered_by=classified.answered_by,
-            accepted=accepted,
-            slots={n: slot_types[n].to_json(v) for n, v in found_slots.items()}
-            if found_slots
-            else {},
-            invalid_slots=invalid,
-            decisions=tuple(work.decisions) if work.decisions else (),
-            responses=responses,
-            effects=() if failed or not work.effects else tuple(work.effects),
-            pending=False,
-            model_calls=usage.calls,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            cached_tokens=usage.cached_tokens,
-            latency_ms=round((time.perf_counter() - started) * 1000, 3),
-            error=error,
-            ended=session.ended,
+        values = _TURN.copy()
+        values["session_id"] = session.id
+        values["index"] = index
+        values["user_text"] = text
+        values["state_before"] = state_before
+        values["state_after"] = state_after
+        values["path"] = tuple(work.path)
+        values["intent"] = classified.intent
+        score = classified.score
+        # Rounded to 4 places; an example's, a slot's or a forced intent's 1.0 needs no rounding.
+        values["score"] = score if score == 1.0 else round(score, 4)
+        values["intent_source"] = classified.source
+        values["answered_by"] = classified.answered_by
+        values["accepted"] = accepted
+        values["slots"] = (
+            {n: slot_types[n].to_json(v) for n, v in found_slots.items()} if found_slots else {}
         )
+        values["invalid_slots"] = invalid
+        values["decisions"] = tuple(work.decisions) if work.decisions else ()
+        values["responses"] = responses
+        values["effects"] = () if failed or not work.effects else tuple(work.effects)
+        values["pending"] = False
+        values["model_calls"] = usage.calls
+        values["prompt_tokens"] = usage.prompt_tokens
+        values["completion_tokens"] = usage.completion_tokens
+        values["cached_tokens"] = usage.cached_tokens
+        # In ms to the µs: rounding to an int takes a third of round(x, 3), to the same value.
+        values["latency_ms"] = round((time.perf_counter() - started) * 1e6) / 1000
+        values["error"] = error
+        values["ended"] = ended
+        turn = adopt(Turn, values)
         self._emit(session, turn, self._allowed[state_before], ids)
         return turn
 
@@ -808,7 +874,7 @@ class Agent:
             labels, vocabulary, key = table.labels[state.name], table.vocabulary, table.key
         else:
             labels, vocabulary, key = state.labels, self.compiled.vocabulary, state.key
-        request = ClassifyRequest(
+        request = _new_request(
             text, labels, vocabulary, enum_needed, key, self.compiled.policy.description
         )
         answer = self.backend.classify(request)
@@ -1137,7 +1203,10 @@ class Agent:
                 values[name] = self._shown_value(work, name, response)
             text_out = template.text.format_map(values)
             out.append(
-                trusted(Utterance, id=response, text=text_out, hash=template.hash, locale=locale)
+                adopt(
+                    Utterance,
+                    {"id": response, "text": text_out, "hash": template.hash, "locale": locale},
+                )
             )
         return tuple(out)
 
@@ -1213,38 +1282,36 @@ class Agent:
         decisions = t["decisions"]
         effects = t["effects"]
         state_before = t["state_before"]
-        self.audit.emit(
-            {
-                "policy": self._policy_name,
-                "policy_hash": self.compiled.hash,
-                "session_id": session.id,
-                "turn": t["index"],
-                "text": self._audited_text(session, t["user_text"], state_before, found),
-                "redacted": sorted(self._personal.intersection(found)) if found else [],
-                "state_before": state_before,
-                "state_after": t["state_after"],
-                "path": list(t["path"]),
-                "intent": t["intent"],
-                "score": t["score"],
-                "intent_source": t["intent_source"],
-                "allowed": list(allowed),
-                "slots": self.redactor.values(found) if found else {},
-                "invalid_slots": sorted(invalid) if invalid else [],
-                "decisions": [f"{d.function}={d.outcome}" for d in decisions] if decisions else [],
-                "responses": list(ids),
-                "response_hashes": list(map(_HASH, t["responses"])),
-                "locale": session.locale,
-                "effects": [self._audited_effect(e) for e in effects] if effects else [],
-                "backend": self.backend.name,
-                "answered_by": t["answered_by"],
-                "model_calls": t["model_calls"],
-                "prompt_tokens": t["prompt_tokens"],
-                "completion_tokens": t["completion_tokens"],
-                "latency_ms": t["latency_ms"],
-                "error": t["error"],
-                "ended": t["ended"],
-            }
-        )
+        event = _EVENT.copy()
+        event["policy"] = self._policy_name
+        event["policy_hash"] = self.compiled.hash
+        event["session_id"] = t["session_id"]
+        event["turn"] = t["index"]
+        event["text"] = self._audited_text(session, t["user_text"], state_before, found)
+        event["redacted"] = sorted(self._personal.intersection(found)) if found else []
+        event["state_before"] = state_before
+        event["state_after"] = t["state_after"]
+        event["path"] = list(t["path"])
+        event["intent"] = t["intent"]
+        event["score"] = t["score"]
+        event["intent_source"] = t["intent_source"]
+        event["allowed"] = list(allowed)
+        event["slots"] = self.redactor.values(found) if found else {}
+        event["invalid_slots"] = sorted(invalid) if invalid else []
+        event["decisions"] = [f"{d.function}={d.outcome}" for d in decisions] if decisions else []
+        event["responses"] = list(ids)
+        event["response_hashes"] = list(map(_HASH, t["responses"]))
+        event["locale"] = session.locale
+        event["effects"] = [self._audited_effect(e) for e in effects] if effects else []
+        event["backend"] = self.backend.name
+        event["answered_by"] = t["answered_by"]
+        event["model_calls"] = t["model_calls"]
+        event["prompt_tokens"] = t["prompt_tokens"]
+        event["completion_tokens"] = t["completion_tokens"]
+        event["latency_ms"] = t["latency_ms"]
+        event["error"] = t["error"]
+        event["ended"] = t["ended"]
+        self.audit.emit(event)
 
 
 def _normalized(text: str) -> str:

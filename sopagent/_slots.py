@@ -214,13 +214,16 @@ class SlotType:
         if kind in ("set", "counts"):
             return []  # facts only: the host or a decision function sets them
         if kind == "string":
-            if self._pattern is None:
+            pattern = self._pattern
+            if pattern is None:
                 return []
-            out: list[tuple[Any, tuple[int, int]]] = []
-            for match in self._pattern.finditer(text):
-                group = 1 if self._pattern.groups else 0
-                out.append((match.group(group), match.span(group)))
-            return out
+            # Most messages hold no value: one search says so for less than a finditer.
+            hit = pattern.search(text)
+            if hit is None:
+                return []
+            group = 1 if pattern.groups else 0
+            # From the first match on (lookbehinds still see what precedes it).
+            return [(m.group(group), m.span(group)) for m in pattern.finditer(text, hit.start())]
         if isinstance(spec, EnumSlot):
             spans: list[tuple[tuple[int, int], str]] = []
             for pattern, value in self._enum_words:

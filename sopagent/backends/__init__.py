@@ -90,6 +90,36 @@ class ClassifyRequest:
         return tuple(label for label in self.labels if label.name in wanted)
 
 
+# A frozen dataclass's __init__ sets each field through object.__setattr__; the turn loop,
+# which builds a request on most turns, writes the slots through their descriptors instead.
+_new = object.__new__
+_set_text, _set_labels, _set_vocabulary, _set_choices, _set_key, _set_instructions = (
+    ClassifyRequest.__dict__[name].__set__
+    for name in ("text", "labels", "vocabulary", "slot_choices", "key", "instructions")
+)
+_set_candidates = ClassifyRequest.__dict__["candidates"].__set__
+
+
+def _new_request(
+    text: str,
+    labels: tuple[Label, ...],
+    vocabulary: tuple[Label, ...],
+    slot_choices: Mapping[str, tuple[Label, ...]],
+    key: str,
+    instructions: str,
+) -> ClassifyRequest:
+    """``ClassifyRequest(text, labels, ...)`` with no candidates, built in half the time."""
+    request = _new(ClassifyRequest)
+    _set_text(request, text)
+    _set_labels(request, labels)
+    _set_vocabulary(request, vocabulary)
+    _set_choices(request, slot_choices)
+    _set_key(request, key)
+    _set_instructions(request, instructions)
+    _set_candidates(request, ())
+    return request
+
+
 @dataclass(frozen=True, slots=True)
 class Classification:
     """A backend's answer: one allowed intent, its score in [0, 1], and enum slot values."""

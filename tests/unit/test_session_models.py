@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import FrozenInstanceError, replace
 
 import pytest
 
 from sopagent import Agent
-from sopagent.session import DecisionRecord, Session, SessionTurn, Turn, Utterance, trusted
+from sopagent.backends import ClassifyRequest, Label, _new_request
+from sopagent.session import (
+    DecisionRecord,
+    Session,
+    SessionTurn,
+    Turn,
+    Utterance,
+    adopt,
+    blank,
+    trusted,
+)
 
 MakeAgent = Callable[..., Agent]
 
@@ -106,3 +117,52 @@ def test_trusted_models_refuse_unknown_fields() -> None:
     """A field the model does not declare is a TypeError naming it, not a silent extra."""
     with pytest.raises(TypeError, match="'colour'"):
         trusted(Utterance, id="greet", text="Hello.", hash="abc", locale=None, colour="red")
+
+
+def test_adopted_models_equal_validated_ones() -> None:
+    """`adopt` builds what validation builds, from a filled `blank` or a dict display."""
+    values = blank(SessionTurn)
+    assert list(values) == list(SessionTurn.model_fields)
+    values.update(user="hi", intent="greet", state="start", responses=("a",))
+    fast = adopt(SessionTurn, values)
+    checked = SessionTurn(user="hi", intent="greet", state="start", responses=("a",))
+    assert fast == checked
+    assert fast.model_dump_json() == checked.model_dump_json()
+    assert fast.model_fields_set == checked.model_fields_set
+
+
+def test_every_turn_and_history_entry_of_a_conversation_validates(
+    refund_agent: MakeAgent,
+) -> None:
+    """The turn loop fills every field of what it returns and keeps, with its field's type."""
+    agent = refund_agent()
+    session = agent.new_session()
+    turns = [agent.start(session)]
+    for message in ("I want a refund", "10001", "yes", "no", "hello?"):
+        turns.append(agent.respond(session, message))
+    assert [t.state_after for t in turns][-2:] == ["closed", "closed"]
+    assert turns[-1].error == "the conversation has ended"
+    for turn in turns:
+        assert Turn.model_validate_json(turn.model_dump_json()) == turn
+        assert list(turn.__dict__) == list(Turn.model_fields)
+    for entry in session.history:
+        assert SessionTurn.model_validate_json(entry.model_dump_json()) == entry
+    events = agent.audit.events  # type: ignore[attr-defined]
+    assert len(events) == len(turns)
+    assert all(list(event) == list(events[0]) for event in events)
+    may_be_none = {"text", "intent", "answered_by", "locale", "error"}
+    assert all(event[k] is not None for event in events for k in set(event) - may_be_none)
+    assert [event["turn"] for event in events] == [turn.index for turn in turns]
+
+
+def test_requests_the_turn_loop_builds_equal_constructed_ones() -> None:
+    """The turn loop's classify request equals, hashes and freezes like a constructed one."""
+    labels = (Label("refund", "asks for a refund"), Label("out_of_scope", "anything else"))
+    args = ("I want my money back", labels, labels, {}, "abc", "Refunds.")
+    fast, built = _new_request(*args), ClassifyRequest(*args)
+    assert fast == built
+    assert repr(fast) == repr(built)
+    assert fast.choices == labels
+    assert replace(fast, candidates=("refund",)).choices == labels[:1]
+    with pytest.raises(FrozenInstanceError):
+        fast.text = "changed"  # type: ignore[misc]

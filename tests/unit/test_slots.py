@@ -61,6 +61,15 @@ def test_string_span_is_where_the_value_was() -> None:
     assert code.find("code 482913 please", [(5, 11)]) is None
 
 
+def test_string_later_match_is_found_when_the_first_is_taken() -> None:
+    """Every match counts, from the first on; a lookbehind sees the text before it."""
+    code = slot(type="string", pattern=r"(?<!\d)(\d{6})(?!\d)")
+    found = code.find("code 482913 or 112233", [(5, 11)])
+    assert found is not None
+    assert (found.value, found.span) == ("112233", (15, 21))
+    assert code.find("1482913 or 112233", []) == Found("112233", None, (11, 17))
+
+
 def test_string_normalize_before_validation() -> None:
     """`normalize: upper` turns the text into the form the pattern validates."""
     ref = slot(type="string", pattern=r"[A-Za-z]{2}-\d{3}", normalize="upper")
