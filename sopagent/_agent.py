@@ -726,16 +726,7 @@ class Agent:
             commit["turns"] = turns = turns + 1
         _assign(session, commit)
         if usage.calls or usage.prompt_tokens or usage.completion_tokens:
-            spent = session.usage
-            _assign(
-                spent,
-                {
-                    "model_calls": spent.model_calls + usage.calls,
-                    "prompt_tokens": spent.prompt_tokens + usage.prompt_tokens,
-                    "completion_tokens": spent.completion_tokens + usage.completion_tokens,
-                    "cached_tokens": spent.cached_tokens + usage.cached_tokens,
-                },
-            )
+            _spend(session.usage, usage)
         index = turns if text is not None else 0
         ids = tuple(map(_ID, responses))
         history.append(
@@ -1340,6 +1331,20 @@ def _assign(target: Any, values: dict[str, Any]) -> None:
     else:
         for name, value in values.items():
             setattr(target, name, value)
+
+
+def _spend(spent: SessionUsage, usage: Usage) -> None:
+    """Add a turn's ``usage`` to the session's running totals, in place."""
+    fields = spent.__dict__
+    _assign(
+        spent,
+        {
+            "model_calls": fields["model_calls"] + usage.calls,
+            "prompt_tokens": fields["prompt_tokens"] + usage.prompt_tokens,
+            "completion_tokens": fields["completion_tokens"] + usage.completion_tokens,
+            "cached_tokens": fields["cached_tokens"] + usage.cached_tokens,
+        },
+    )
 
 
 def _update(facts: dict[str, Any], given: Mapping[str, Any]) -> None:
