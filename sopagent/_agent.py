@@ -774,8 +774,7 @@ class Agent:
         values["prompt_tokens"] = usage.prompt_tokens
         values["completion_tokens"] = usage.completion_tokens
         values["cached_tokens"] = usage.cached_tokens
-        # In ms to the µs: rounding to an int takes a third of round(x, 3), to the same value.
-        values["latency_ms"] = round((time.perf_counter() - started) * 1e6) / 1000
+        values["latency_ms"] = _latency_ms(started)
         values["error"] = error
         values["ended"] = ended
         turn = adopt(Turn, values)
@@ -1363,8 +1362,17 @@ def _cost(usage: Usage, started: float) -> dict[str, Any]:
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "cached_tokens": usage.cached_tokens,
-        "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+        "latency_ms": _latency_ms(started),
     }
+
+
+def _latency_ms(started: float) -> float:
+    """Milliseconds since ``started`` (a `time.perf_counter` reading), to the microsecond.
+
+    Rounding to a whole number of microseconds takes a third of ``round(x, 3)``, to the same
+    value.
+    """
+    return round((time.perf_counter() - started) * 1e6) / 1000
 
 
 def _moves(machine: Machine) -> dict[tuple[str, str], str] | None:

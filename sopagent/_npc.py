@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sopagent._agent import Agent, Heard, pick
+from sopagent._agent import Agent, Heard, _latency_ms, pick
 from sopagent._compile import CompiledPolicy
 from sopagent.audit import AuditSink, NullSink
 from sopagent.backends import Choice, ChooseRequest, Classification, ClassifyRequest
@@ -846,5 +846,5 @@ class Npc:
             responses=tuple(said),
             pending=True,
             ended=session.ended,
-            latency_ms=round((time.perf_counter() - started) * 1000, 3),
+            latency_ms=_latency_ms(started),
         )

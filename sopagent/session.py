@@ -218,15 +218,19 @@ class _Shape:
 _SHAPES: dict[type[BaseModel], _Shape] = {}
 
 
+def _shape(cls: type[BaseModel]) -> _Shape:
+    """Work out ``cls``'s shape and remember it (callers look in `_SHAPES` first)."""
+    shape = _SHAPES[cls] = _Shape(cls)
+    return shape
+
+
 def trusted(cls: type[_Model], **fields: Any) -> _Model:
     """Build ``cls`` from values the turn loop has already validated, without validating again.
 
     Missing fields take their defaults. Only for the run step's own values: anything from
     outside goes through the model's validation.
     """
-    shape = _SHAPES.get(cls)
-    if shape is None:
-        shape = _SHAPES[cls] = _Shape(cls)
+    shape = _SHAPES.get(cls) or _shape(cls)
     if tuple(fields) == shape.names:
         # Every field given, in the declared order (the turn loop's usual case): the keyword
         # dict can be the instance's own.
@@ -258,9 +262,7 @@ def adopt(cls: type[_Model], values: dict[str, Any]) -> _Model:
     ``blank(cls)`` for many: either costs well under passing the same values as keywords,
     whose dict grows one key at a time. Every value must already have its field's type.
     """
-    shape = _SHAPES.get(cls)
-    if shape is None:
-        shape = _SHAPES[cls] = _Shape(cls)
+    shape = _SHAPES.get(cls) or _shape(cls)
     return _adopt(cls, shape.fields, values)
 
 
@@ -284,8 +286,6 @@ _set_private = BaseModel.__dict__["__pydantic_private__"].__set__
 
 def _share_fields(model: BaseModel) -> None:
     """Give a model whose every field was set the set of names `trusted` models share."""
-    shape = _SHAPES.get(type(model))
-    if shape is None:
-        shape = _SHAPES[type(model)] = _Shape(type(model))
+    shape = _SHAPES.get(type(model)) or _shape(type(model))
     if model.__pydantic_fields_set__ == shape.fields:
         object.__setattr__(model, "__pydantic_fields_set__", shape.fields)
