@@ -25,7 +25,6 @@ from operator import attrgetter
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple
 
-from pydantic import BaseModel
 from transitions import Machine
 
 from sopagent._compile import CompiledPolicy, CompiledRoute, CompiledState
@@ -121,6 +120,8 @@ _ASCII_PUNCTUATION = bytes(
     ord(" ") if c < 128 and _PUNCTUATION.match(chr(c)) else c for c in range(256)
 )
 _NO_OUTCOMES: Mapping[str, str] = MappingProxyType({})
+# The usage totals a turn adds to: all set once the session has spent anything.
+_SPENT = frozenset(SessionUsage.model_fields)
 # A line's id and hash, read in C (a comprehension is a function call of its own).
 _ID = attrgetter("id")
 _HASH = attrgetter("hash")
@@ -1318,15 +1319,15 @@ def _enum_labels(slot: SlotType) -> tuple[Label, ...]:
 
 
 def _assign(target: Any, values: dict[str, Any]) -> None:
-    """Set attributes of a session (or its usage) that the turn loop computed.
+    """Set attributes of a session that the turn loop computed.
 
     The values already have the fields' types, so a pydantic model's fields are written
     directly, without its per-assignment bookkeeping; other stand-ins get ``setattr``.
     """
-    fields = getattr(target, "__dict__", None)
-    if isinstance(target, BaseModel) and fields is not None:
-        fields.update(values)
-        target.__pydantic_fields_set__.update(values)
+    marked = getattr(target, "__pydantic_fields_set__", None)
+    if marked is not None:
+        target.__dict__.update(values)
+        marked.update(values)
     else:
         for name, value in values.items():
             setattr(target, name, value)
@@ -1335,15 +1336,13 @@ def _assign(target: Any, values: dict[str, Any]) -> None:
 def _spend(spent: SessionUsage, usage: Usage) -> None:
     """Add a turn's ``usage`` to the session's running totals, in place."""
     fields = spent.__dict__
-    _assign(
-        spent,
-        {
-            "model_calls": fields["model_calls"] + usage.calls,
-            "prompt_tokens": fields["prompt_tokens"] + usage.prompt_tokens,
-            "completion_tokens": fields["completion_tokens"] + usage.completion_tokens,
-            "cached_tokens": fields["cached_tokens"] + usage.cached_tokens,
-        },
-    )
+    fields["model_calls"] += usage.calls
+    fields["prompt_tokens"] += usage.prompt_tokens
+    fields["completion_tokens"] += usage.completion_tokens
+    fields["cached_tokens"] += usage.cached_tokens
+    marked = spent.__pydantic_fields_set__
+    if len(marked) < len(_SPENT):
+        marked.update(_SPENT)
 
 
 def _update(facts: dict[str, Any], given: Mapping[str, Any]) -> None:

@@ -121,9 +121,9 @@ class SlotType:
             _annotation(spec), config=ConfigDict(regex_engine="python-re")
         )
         self.needs_model = isinstance(spec, EnumSlot)
-        self._pattern = (
-            re.compile(spec.pattern) if isinstance(spec, StringSlot) and spec.pattern else None
-        )
+        source = spec.pattern if isinstance(spec, StringSlot) else None
+        self._pattern = re.compile(source) if source else None
+        self._probe = _probe(source) if source else None
         self._enum_words: list[tuple[re.Pattern[str], str]] = []
         if isinstance(spec, EnumSlot):
             for value in spec.values:
@@ -217,8 +217,9 @@ class SlotType:
             pattern = self._pattern
             if pattern is None:
                 return []
-            # Most messages hold no value: one search says so for less than a finditer.
-            hit = pattern.search(text)
+            # Most messages hold no value: one search says so for less than a finditer, and
+            # the probe (the pattern without its leading lookbehind) says it sooner still.
+            hit = (self._probe or pattern).search(text)
             if hit is None:
                 return []
             group = 1 if pattern.groups else 0
@@ -388,6 +389,46 @@ def _group_source(pattern: str) -> str:
             depth -= 1
         index += 1
     return pattern
+
+
+def _probe(pattern: str) -> re.Pattern[str] | None:
+    """``pattern`` without the lookbehind it starts with, or None if it starts with none.
+
+    A match of ``pattern`` is a match of the probe at the same place, so where the probe finds
+    nothing the pattern finds nothing, and it finds it sooner: a pattern that starts with a
+    lookbehind is tried at every position of the text, the probe only where its first
+    character can match.
+    """
+    if not pattern.startswith(("(?<=", "(?<!")):
+        return None
+    depth, in_class, index = 0, False, 4
+    while index < len(pattern):
+        char = pattern[index]
+        if char == "\\":
+            index += 2
+            continue
+        if in_class:
+            in_class = char != "]"
+        elif char == "[":
+            in_class = True
+            if pattern.startswith(("[]", "[^]"), index):  # a leading ] is a member
+                index += 2 if pattern[index + 1] == "]" else 3
+                continue
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            if depth == 0:
+                rest = pattern[index + 1 :]
+                try:
+                    # A group inside the lookbehind would renumber the rest's backreferences.
+                    if not rest or re.compile(pattern[: index + 1]).groups:
+                        return None
+                    return re.compile(rest)
+                except re.error:
+                    return None
+            depth -= 1
+        index += 1
+    return None
 
 
 def _pattern_check(pattern: str) -> Any:

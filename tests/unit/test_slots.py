@@ -8,9 +8,11 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
-from sopagent._slots import Found, SlotType, clean_text, compile_slot
+from sopagent._slots import Found, SlotType, _probe, clean_text, compile_slot
 from sopagent.policy import Slot
 
 _SLOT = TypeAdapter(Slot)
@@ -68,6 +70,36 @@ def test_string_later_match_is_found_when_the_first_is_taken() -> None:
     assert found is not None
     assert (found.value, found.span) == ("112233", (15, 21))
     assert code.find("1482913 or 112233", []) == Found("112233", None, (11, 17))
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        r"(?<!\d)(\d{5})(?!\d)",
+        r"(?<![A-Z])([A-Z]{2}-\d{3})",
+        r"(?<=#)(\w+)",
+        r"(?<!\()(\d)|x\d",
+        r"(?<![]a])(b+)",
+    ],
+)
+@given(text=st.text(alphabet="0123456789 #()]abAB-xZ", max_size=24))
+def test_string_probe_finds_what_the_pattern_finds(pattern: str, text: str) -> None:
+    """The probe (the pattern without its leading lookbehind) never hides a match."""
+    kind = slot(type="string", pattern=pattern)
+    assert kind._probe is not None
+    plain = compile_slot("y", _SLOT.validate_python({"type": "string", "pattern": pattern}))
+    plain._probe = None
+    for taken in ([], [(0, 3)]):
+        assert kind.find(text, list(taken)) == plain.find(text, list(taken))
+
+
+def test_string_probe_only_for_a_leading_lookbehind_without_groups() -> None:
+    """No probe where dropping the lookbehind could change what the rest means."""
+    assert slot(type="string", pattern=r"\d{5}")._probe is None
+    assert _probe(r"(?<=(a))(b)(c)\2") is None
+    probe = slot(type="string", pattern=r"(?<!\d)(\d{5})")._probe
+    assert probe is not None
+    assert probe.pattern == r"(\d{5})"
 
 
 def test_string_normalize_before_validation() -> None:
