@@ -21,6 +21,7 @@ import uuid
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from operator import attrgetter
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple
@@ -245,6 +246,9 @@ class _Classified(NamedTuple):
 
 # What a turn understood before anything was classified (shared: it is immutable).
 _UNHEARD = _Classified(None, 0.0, "none", _NO_USAGE, {})
+# ``_classified((intent, score, ...))`` builds one in C, without the named tuple's own
+# ``__new__`` (a Python function) and its call: every field given, in order.
+_classified = partial(tuple.__new__, _Classified)
 
 
 def pick(seed: int, index: int, salt: str | int, options: tuple[str, ...]) -> str:
@@ -842,14 +846,14 @@ class Agent:
         locale: str | None = None,
     ) -> _Classified:
         if forced is not None:
-            return _Classified(forced, 1.0, "forced", _NO_USAGE, {})
+            return _classified((forced, 1.0, "forced", _NO_USAGE, {}, None))
         table = None if locale is None else self._local(locale)
         local = table is not None and table.vocabulary is not None
         normalized = " ".join(_normalized(text).split())
         examples = table.examples[state.name] if table is not None and local else state.examples
         example = examples.get(normalized)
         if example is not None:
-            return _Classified(example, 1.0, "example", _NO_USAGE, {})
+            return _classified((example, 1.0, "example", _NO_USAGE, {}, None))
         enums = self._enums[state.name]
         enum_needed = {name: labels for name, labels in enums if name not in found} if enums else {}
         if found and not enum_needed:
@@ -887,7 +891,7 @@ class Agent:
         if not 0.0 <= score <= 1.0:
             raise BackendError(f"score {score} is not in [0, 1]", provider=self.backend.name)
         answered_by = answer.answered_by or self.backend.name
-        return _Classified(answer.intent, score, "model", answer.usage, slots, answered_by)
+        return _classified((answer.intent, score, "model", answer.usage, slots, answered_by))
 
     def _route(
         self,
@@ -1255,7 +1259,10 @@ class Agent:
         """
         if not self._audit_text or text is None or state in self._collects_personal:
             return None
-        return escape_hidden(self.redactor.scrub_values(text, found, session.slots, session.facts))
+        slots, facts, personal = session.slots, session.facts, self._personal
+        if personal.isdisjoint(found) and personal.isdisjoint(slots) and personal.isdisjoint(facts):
+            return escape_hidden(text)  # no personal value is known yet: nothing to replace
+        return escape_hidden(self.redactor.scrub_values(text, found, slots, facts))
 
     def _audited_effect(self, effect: Effect) -> dict[str, Any]:
         return {"name": effect.name, "args": self.redactor.effect_args(effect.name, effect.args)}

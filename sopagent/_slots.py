@@ -419,9 +419,12 @@ def _probe(pattern: str) -> re.Pattern[str] | None:
         elif char == ")":
             if depth == 0:
                 rest = pattern[index + 1 :]
+                # A quantified lookbehind ("(?<=a){2}b") leaves a rest that means something else.
+                if not rest or rest[0] in "*+?{":
+                    return None
                 try:
                     # A group inside the lookbehind would renumber the rest's backreferences.
-                    if not rest or re.compile(pattern[: index + 1]).groups:
+                    if re.compile(pattern[: index + 1]).groups:
                         return None
                     return re.compile(rest)
                 except re.error:

@@ -97,6 +97,8 @@ def test_string_probe_only_for_a_leading_lookbehind_without_groups() -> None:
     """No probe where dropping the lookbehind could change what the rest means."""
     assert slot(type="string", pattern=r"\d{5}")._probe is None
     assert _probe(r"(?<=(a))(b)(c)\2") is None
+    assert _probe(r"(?<!a){1,3}(b)") is None  # the rest alone would match "{1,3}b"
+    assert _probe(r"(?<=a)*(b)") is None
     probe = slot(type="string", pattern=r"(?<!\d)(\d{5})")._probe
     assert probe is not None
     assert probe.pattern == r"(\d{5})"
