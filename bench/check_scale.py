@@ -216,7 +216,7 @@ def measure(sizes: list[int], intents: int, reps: int, baseline_rev: str | None)
                 current["value"],
                 "s",
                 baseline=previous["value"],
-                baseline_name=f"{previous['name'].split(',')[0]}",
+                baseline_name=f"{previous['name'].split(' states')[0]} states",
                 note="x10 states: linear growth is a ratio near 10",
             )
         )
