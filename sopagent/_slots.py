@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
@@ -366,9 +367,9 @@ def _counted(counts: dict[str, int]) -> MappingProxyType[str, int]:
     return MappingProxyType({key: counts[key] for key in sorted(counts) if counts[key]})
 
 
-def _group_source(pattern: str) -> str:
-    """Return the source of the first capture group of ``pattern``, or the whole pattern."""
-    depth, start, in_class, index = 0, -1, False, 0
+def _parens(pattern: str, start: int = 0) -> Iterator[tuple[int, str]]:
+    """Each ``(`` and ``)`` of ``pattern`` from ``start`` on, outside escapes and classes."""
+    in_class, index = False, start
     while index < len(pattern):
         char = pattern[index]
         if char == "\\":
@@ -378,16 +379,27 @@ def _group_source(pattern: str) -> str:
             in_class = char != "]"
         elif char == "[":
             in_class = True
-        elif char == "(":
+            if pattern.startswith(("[]", "[^]"), index):  # a leading ] is a member
+                index += 2 if pattern[index + 1] == "]" else 3
+                continue
+        elif char in "()":
+            yield index, char
+        index += 1
+
+
+def _group_source(pattern: str) -> str:
+    """Return the source of the first capture group of ``pattern``, or the whole pattern."""
+    depth, start = 0, -1
+    for index, char in _parens(pattern):
+        if char == "(":
             if start < 0 and not pattern.startswith("(?", index):
                 start, depth = index + 1, 0
             elif start >= 0:
                 depth += 1
-        elif char == ")" and start >= 0:
+        elif start >= 0:
             if depth == 0:
                 return pattern[start:index]
             depth -= 1
-        index += 1
     return pattern
 
 
@@ -401,36 +413,25 @@ def _probe(pattern: str) -> re.Pattern[str] | None:
     """
     if not pattern.startswith(("(?<=", "(?<!")):
         return None
-    depth, in_class, index = 0, False, 4
-    while index < len(pattern):
-        char = pattern[index]
-        if char == "\\":
-            index += 2
-            continue
-        if in_class:
-            in_class = char != "]"
-        elif char == "[":
-            in_class = True
-            if pattern.startswith(("[]", "[^]"), index):  # a leading ] is a member
-                index += 2 if pattern[index + 1] == "]" else 3
-                continue
-        elif char == "(":
+    depth = 0
+    for index, char in _parens(pattern, 4):
+        if char == "(":
             depth += 1
-        elif char == ")":
-            if depth == 0:
-                rest = pattern[index + 1 :]
-                # A quantified lookbehind ("(?<=a){2}b") leaves a rest that means something else.
-                if not rest or rest[0] in "*+?{":
-                    return None
-                try:
-                    # A group inside the lookbehind would renumber the rest's backreferences.
-                    if re.compile(pattern[: index + 1]).groups:
-                        return None
-                    return re.compile(rest)
-                except re.error:
-                    return None
+            continue
+        if depth:
             depth -= 1
-        index += 1
+            continue
+        rest = pattern[index + 1 :]
+        # A quantified lookbehind ("(?<=a){2}b") leaves a rest that means something else.
+        if not rest or rest[0] in "*+?{":
+            return None
+        try:
+            # A group inside the lookbehind would renumber the rest's backreferences.
+            if re.compile(pattern[: index + 1]).groups:
+                return None
+            return re.compile(rest)
+        except re.error:
+            return None
     return None
 
 
